@@ -1,0 +1,1 @@
+//! Hyper-V emulation, independent of KVM (see crate docs).

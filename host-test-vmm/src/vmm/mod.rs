@@ -1,0 +1,1 @@
+//! KVM partition management (see crate docs).
