@@ -2,3 +2,12 @@
 //! reference TSC and synthetic timers. Shared with the host (`host-test-vmm`),
 //! which uses the same definitions to emulate the hypervisor side.
 #![no_std]
+#![cfg_attr(not(feature = "bare-metal"), forbid(unsafe_code))]
+#![cfg_attr(feature = "bare-metal", deny(unsafe_code))]
+
+pub mod abi;
+pub mod cpuid;
+pub mod msr;
+pub mod page;
+pub mod synic;
+pub mod tsc;
