@@ -7,7 +7,13 @@
 
 pub mod abi;
 pub mod cpuid;
+pub mod hv;
 pub mod msr;
 pub mod page;
+pub mod platform;
 pub mod synic;
+#[cfg(any(test, feature = "test-platform"))]
+pub mod testing;
 pub mod tsc;
+
+pub use platform::Platform;
