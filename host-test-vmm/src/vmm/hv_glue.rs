@@ -1,0 +1,131 @@
+//! The one place where the KVM partition meets the Hyper-V emulation.
+//!
+//! The vCPU loop only sees [`HvPort`], a narrow view of `hv::Hypervisor`
+//! with vmm-side types, so the partition layer can be built and tested
+//! with or without the emulation (see [`NoHyperV`]).
+
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+
+use super::error::VmmError;
+use super::irq::{KvmGuestTsc, MsiInterruptSink};
+
+/// One CPUID leaf produced by the emulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuidEntry {
+    /// EAX input.
+    pub function: u32,
+    /// ECX input (sub-leaf).
+    pub index: u32,
+    /// Output EAX.
+    pub eax: u32,
+    /// Output EBX.
+    pub ebx: u32,
+    /// Output ECX.
+    pub ecx: u32,
+    /// Output EDX.
+    pub edx: u32,
+}
+
+/// Registers of a hypercall: in RCX/RDX/R8, out RAX (and RCX for rep restarts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HvRegs {
+    /// Hypercall input value.
+    pub rcx: u64,
+    /// Input GPA or fast input.
+    pub rdx: u64,
+    /// Output GPA or fast input.
+    pub r8: u64,
+    /// Result value.
+    pub rax: u64,
+}
+
+/// What the vCPU loop needs from the Hyper-V emulation.
+pub trait HvPort: Send + Sync {
+    /// Hypervisor CPUID leaves (0x40000000..).
+    fn cpuid_leaves(&self) -> Vec<CpuidEntry>;
+    /// RDMSR of a synthetic MSR; `None` makes the VMM inject #GP.
+    fn msr_read(&self, vp: u32, msr: u32) -> Option<u64>;
+    /// WRMSR of a synthetic MSR; `false` makes the VMM inject #GP.
+    fn msr_write(&self, vp: u32, msr: u32, value: u64) -> bool;
+    /// A hypercall through the trampoline port.
+    fn hypercall(&self, vp: u32, regs: &mut HvRegs);
+    /// The emulation's own counters (merged into the report as `hv`).
+    fn stats(&self) -> serde_json::Value;
+    /// Guest crash report (CRASH_CTL), if the guest reported one.
+    fn crash(&self) -> Option<serde_json::Value>;
+    /// How many message re-deliveries an EOM triggered, if the emulation counts them.
+    fn eom_redeliveries(&self) -> Option<u64>;
+    /// Back to power-on state.
+    fn reset(&self);
+    /// Stops background threads (timers); idempotent.
+    fn shutdown(&self);
+}
+
+/// What the partition hands to an emulation factory.
+pub struct HvContext {
+    /// Number of VPs (== KVM vCPUs).
+    pub vp_count: u32,
+    /// Guest TSC frequency in Hz (KVM_GET_TSC_KHZ * 1000).
+    pub tsc_hz: u64,
+    /// Guest RAM, shared with the partition.
+    pub mem: GuestMemoryMmap,
+    /// Interrupt delivery into the in-kernel LAPICs.
+    pub irq: Arc<MsiInterruptSink>,
+    /// The guest-visible TSC.
+    pub tsc: Arc<KvmGuestTsc>,
+}
+
+/// Builds the emulation for a new partition.
+pub type HvFactory = Arc<dyn Fn(HvContext) -> Result<Arc<dyn HvPort>, VmmError> + Send + Sync>;
+
+/// True for the synthetic MSR range routed to the emulation.
+pub fn is_hv_msr(msr: u32) -> bool {
+    (0x4000_0000..=0x4000_01FF).contains(&msr)
+}
+
+/// A partition without Hyper-V enlightenments: no hypervisor leaves, every
+/// synthetic MSR faults and every hypercall fails with
+/// HV_STATUS_INVALID_HYPERCALL_CODE, as on a machine without the interface.
+#[derive(Debug, Default)]
+pub struct NoHyperV;
+
+/// HV_STATUS_INVALID_HYPERCALL_CODE (TLFS "Hypercall status codes").
+const HV_STATUS_INVALID_HYPERCALL_CODE: u64 = 2;
+
+impl HvPort for NoHyperV {
+    fn cpuid_leaves(&self) -> Vec<CpuidEntry> {
+        Vec::new()
+    }
+    fn msr_read(&self, _vp: u32, _msr: u32) -> Option<u64> {
+        None
+    }
+    fn msr_write(&self, _vp: u32, _msr: u32, _value: u64) -> bool {
+        false
+    }
+    fn hypercall(&self, _vp: u32, regs: &mut HvRegs) {
+        regs.rax = HV_STATUS_INVALID_HYPERCALL_CODE;
+    }
+    fn stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn crash(&self) -> Option<serde_json::Value> {
+        None
+    }
+    fn eom_redeliveries(&self) -> Option<u64> {
+        None
+    }
+    fn reset(&self) {}
+    fn shutdown(&self) {}
+}
+
+/// Factory for [`NoHyperV`].
+pub fn no_hyperv() -> HvFactory {
+    Arc::new(|_ctx| Ok(Arc::new(NoHyperV) as Arc<dyn HvPort>))
+}
+
+/// The emulation a partition gets unless the caller picks another.
+pub fn default_factory() -> HvFactory {
+    no_hyperv()
+}

@@ -1,0 +1,370 @@
+//! The run report: the guest's `hvkit-check:` lines, corroborated by what the
+//! host itself observed, plus exit/hypercall/MSR/interrupt counters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use super::irq::InterruptCounts;
+use super::stats::ExitCounts;
+use super::vcpu::RunEnd;
+
+/// The checks the bundled test guest is expected to report (docs/ARCHITECTURE.md).
+pub const EXPECTED_CHECKS: &[&str] = &[
+    "cpuid-detect",
+    "guest-os-id",
+    "hypercall-page",
+    "post-message",
+    "signal-event",
+    "synic-message",
+    "synic-interrupt",
+    "eom-redelivery",
+    "reference-tsc",
+    "stimer-oneshot",
+    "stimer-periodic",
+];
+
+/// One `hvkit-check:` line as the guest printed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestCheck {
+    /// Check name.
+    pub name: String,
+    /// The guest's verdict.
+    pub ok: bool,
+    /// Free text after the verdict.
+    pub detail: String,
+}
+
+/// Parses `hvkit-check: <name> <ok|fail> <detail...>`; anything but `ok` is a failure.
+pub fn parse_check_line(line: &str) -> Option<GuestCheck> {
+    let rest = line.trim().strip_prefix("hvkit-check:")?.trim_start();
+    let (name, rest) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    if name.is_empty() {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let (verdict, detail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let ok = verdict == "ok";
+    let detail = if ok || verdict == "fail" {
+        detail.trim().to_owned()
+    } else {
+        format!("malformed verdict {verdict:?}: {}", detail.trim())
+    };
+    Some(GuestCheck {
+        name: name.to_owned(),
+        ok,
+        detail,
+    })
+}
+
+/// One check in the report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckResult {
+    /// Check name.
+    pub name: String,
+    /// Final verdict (guest verdict, overridden by host evidence).
+    pub ok: bool,
+    /// Guest detail, plus the host's reason when it overrides the guest.
+    pub detail: String,
+}
+
+/// The full report (`--report json` prints it as one object).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Checks: expected ones first (in order), then any extra ones the guest printed.
+    pub checks: Vec<CheckResult>,
+    /// Host-side counters.
+    pub exits: Value,
+    /// The emulation's own counters (`hv.stats()`).
+    pub hv: Value,
+    /// Debug-exit code, when the guest exited through port 0xF4.
+    pub exit_code: Option<u32>,
+    /// How the run ended.
+    pub end: RunEnd,
+    /// Guest crash report (CRASH_CTL), if any.
+    pub crash: Option<Value>,
+    /// Every check ok and debug exit with code 0.
+    pub passed: bool,
+}
+
+/// Inputs of [`build`].
+pub struct Inputs<'a> {
+    /// Expected check names.
+    pub expected: &'a [&'a str],
+    /// Parsed guest lines.
+    pub checks: Vec<GuestCheck>,
+    /// VMM exit counters.
+    pub exits: ExitCounts,
+    /// Interrupt counters.
+    pub interrupts: InterruptCounts,
+    /// `hv.stats()`.
+    pub hv_stats: Value,
+    /// `hv.crash()`.
+    pub crash: Option<Value>,
+    /// EOM-triggered re-deliveries counted by the emulation.
+    pub eom_redeliveries: Option<u64>,
+    /// How the run ended.
+    pub end: RunEnd,
+}
+
+const HVCALL_POST_MESSAGE: u16 = 0x005C;
+const HVCALL_SIGNAL_EVENT: u16 = 0x005D;
+const MSR_GUEST_OS_ID: u32 = 0x4000_0000;
+const MSR_HYPERCALL: u32 = 0x4000_0001;
+const MSR_REFERENCE_TSC: u32 = 0x4000_0021;
+const MSR_STIMER_CONFIG: [u32; 4] = [0x4000_00B0, 0x4000_00B2, 0x4000_00B4, 0x4000_00B6];
+
+/// Why the host contradicts an `ok` from the guest, if it does.
+fn contradiction(name: &str, inp: &Inputs<'_>) -> Option<String> {
+    let ok_calls = |code: u16| inp.exits.hypercalls.get(&code).map_or(0, |c| c.ok);
+    let writes = |msr: u32| inp.exits.msr_writes.get(&msr).copied().unwrap_or(0);
+    let irqs = inp.interrupts.delivered;
+    match name {
+        "guest-os-id" if writes(MSR_GUEST_OS_ID) == 0 => {
+            Some("host saw no write to GUEST_OS_ID (0x40000000)".into())
+        }
+        "hypercall-page" if writes(MSR_HYPERCALL) == 0 => {
+            Some("host saw no write to the HYPERCALL MSR (0x40000001)".into())
+        }
+        "post-message" if ok_calls(HVCALL_POST_MESSAGE) == 0 => {
+            Some("host saw no successful HvPostMessage (0x5c)".into())
+        }
+        "signal-event" if ok_calls(HVCALL_SIGNAL_EVENT) == 0 => {
+            Some("host saw no successful HvSignalEvent (0x5d)".into())
+        }
+        "synic-message" | "synic-interrupt" if irqs == 0 => {
+            Some("host injected no interrupt".into())
+        }
+        "eom-redelivery" if inp.eom_redeliveries.unwrap_or(0) == 0 => {
+            Some("hv stats show no EOM-triggered redelivery".into())
+        }
+        "reference-tsc" if writes(MSR_REFERENCE_TSC) == 0 => {
+            Some("host saw no write to REFERENCE_TSC (0x40000021)".into())
+        }
+        "stimer-oneshot" | "stimer-periodic"
+            if MSR_STIMER_CONFIG.iter().all(|m| writes(*m) == 0) =>
+        {
+            Some("host saw no write to any STIMERn_CONFIG".into())
+        }
+        "stimer-oneshot" | "stimer-periodic" if irqs == 0 => {
+            Some("host injected no interrupt".into())
+        }
+        _ => None,
+    }
+}
+
+fn hex_keys<K: Copy + Into<u64>, V: serde::Serialize>(m: &BTreeMap<K, V>, width: usize) -> Value {
+    Value::Object(
+        m.iter()
+            .map(|(k, v)| {
+                (
+                    format!("{:#0width$x}", (*k).into(), width = width + 2),
+                    json!(v),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Builds the report.
+pub fn build(inp: Inputs<'_>) -> Report {
+    // A name reported several times keeps the last detail and fails if any report failed.
+    let mut seen: BTreeMap<&str, (bool, String)> = BTreeMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for c in &inp.checks {
+        let e = seen.entry(&c.name).or_insert_with(|| {
+            order.push(&c.name);
+            (true, String::new())
+        });
+        e.0 &= c.ok;
+        e.1 = c.detail.clone();
+    }
+    let mut names: Vec<&str> = inp.expected.to_vec();
+    names.extend(order.iter().filter(|n| !inp.expected.contains(n)));
+    let checks: Vec<CheckResult> = names
+        .iter()
+        .map(|name| match seen.get(name) {
+            None => CheckResult {
+                name: (*name).into(),
+                ok: false,
+                detail: "guest never reported it".into(),
+            },
+            Some((true, detail)) => match contradiction(name, &inp) {
+                Some(why) => CheckResult {
+                    name: (*name).into(),
+                    ok: false,
+                    detail: format!("guest said ok ({detail}) but {why}"),
+                },
+                None => CheckResult {
+                    name: (*name).into(),
+                    ok: true,
+                    detail: detail.clone(),
+                },
+            },
+            Some((false, detail)) => CheckResult {
+                name: (*name).into(),
+                ok: false,
+                detail: detail.clone(),
+            },
+        })
+        .collect();
+
+    let mut exits = serde_json::Map::new();
+    for (k, v) in &inp.exits.by_kind {
+        exits.insert(k.clone(), json!(v));
+    }
+    exits.insert("hypercalls".into(), hex_keys(&inp.exits.hypercalls, 4));
+    exits.insert("msr_reads".into(), hex_keys(&inp.exits.msr_reads, 8));
+    exits.insert("msr_writes".into(), hex_keys(&inp.exits.msr_writes, 8));
+    exits.insert(
+        "interrupts_injected".into(),
+        json!(inp.interrupts.delivered),
+    );
+    exits.insert("interrupts_blocked".into(), json!(inp.interrupts.blocked));
+    exits.insert("interrupts_failed".into(), json!(inp.interrupts.failed));
+    exits.insert(
+        "interrupts_by_vector".into(),
+        hex_keys(&inp.interrupts.by_vector, 2),
+    );
+    exits.insert(
+        "emulation_assists".into(),
+        json!(inp.exits.emulation_assists),
+    );
+
+    let exit_code = match inp.end {
+        RunEnd::DebugExit { code, .. } => Some(code),
+        _ => None,
+    };
+    let passed = exit_code == Some(0) && checks.iter().all(|c| c.ok);
+    Report {
+        checks,
+        exits: Value::Object(exits),
+        hv: inp.hv_stats,
+        exit_code,
+        end: inp.end,
+        crash: inp.crash,
+        passed,
+    }
+}
+
+impl Report {
+    /// One JSON object.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("{{\"error\":\"report serialization: {e}\"}}"))
+    }
+
+    /// A readable table.
+    pub fn to_text(&self) -> String {
+        let w = self
+            .checks
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut s = String::new();
+        let _ = writeln!(s, "{:<w$}  {:<6}  detail", "check", "result");
+        let _ = writeln!(s, "{:-<w$}  ------  {:-<30}", "", "");
+        for c in &self.checks {
+            let _ = writeln!(
+                s,
+                "{:<w$}  {:<6}  {}",
+                c.name,
+                if c.ok { "ok" } else { "FAIL" },
+                c.detail
+            );
+        }
+        let _ = writeln!(s);
+        let end = match &self.end {
+            RunEnd::DebugExit { code, vp } => format!("debug exit code {code} (vp {vp})"),
+            RunEnd::Timeout => "timeout".into(),
+            RunEnd::TripleFault { vp, rip } => format!("triple fault on vp {vp} at RIP {rip:#x}"),
+            RunEnd::Error { vp, message } => format!("error on vp {vp}: {message}"),
+            RunEnd::Stopped => "stopped".into(),
+        };
+        let _ = writeln!(s, "end:      {end}");
+        if let Some(c) = &self.crash {
+            let _ = writeln!(s, "crash:    {c}");
+        }
+        let _ = writeln!(s, "exits:    {}", self.exits);
+        if !self.hv.is_null() {
+            let _ = writeln!(s, "hv:       {}", self.hv);
+        }
+        let _ = writeln!(s, "result:   {}", if self.passed { "PASS" } else { "FAIL" });
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::stats::HypercallCount;
+
+    fn inputs(checks: Vec<GuestCheck>) -> Inputs<'static> {
+        Inputs {
+            expected: &["post-message", "cpuid-detect"],
+            checks,
+            exits: ExitCounts::default(),
+            interrupts: InterruptCounts::default(),
+            hv_stats: Value::Null,
+            crash: None,
+            eom_redeliveries: None,
+            end: RunEnd::DebugExit { code: 0, vp: 0 },
+        }
+    }
+
+    #[test]
+    fn parses_check_lines() {
+        assert_eq!(
+            parse_check_line("hvkit-check: post-message ok echoed 16 bytes\r"),
+            Some(GuestCheck {
+                name: "post-message".into(),
+                ok: true,
+                detail: "echoed 16 bytes".into()
+            })
+        );
+        assert!(!parse_check_line("hvkit-check: x fail").unwrap().ok);
+        assert!(!parse_check_line("hvkit-check: x maybe").unwrap().ok);
+        assert_eq!(parse_check_line("hello"), None);
+        assert_eq!(parse_check_line("hvkit-check:"), None);
+    }
+
+    #[test]
+    fn missing_and_contradicted_checks_fail() {
+        let r = build(inputs(vec![parse_check_line(
+            "hvkit-check: post-message ok sent",
+        )
+        .unwrap()]));
+        assert!(!r.passed);
+        assert!(
+            r.checks[0].detail.contains("no successful HvPostMessage"),
+            "{:?}",
+            r.checks[0]
+        );
+        assert_eq!(r.checks[1].detail, "guest never reported it");
+    }
+
+    #[test]
+    fn corroborated_checks_pass_and_json_has_counters() {
+        let mut inp = inputs(vec![
+            parse_check_line("hvkit-check: post-message ok sent").unwrap(),
+            parse_check_line("hvkit-check: cpuid-detect ok Microsoft Hv").unwrap(),
+            parse_check_line("hvkit-check: extra fail nope").unwrap(),
+        ]);
+        inp.exits
+            .hypercalls
+            .insert(0x5C, HypercallCount { calls: 1, ok: 1 });
+        inp.exits.msr_writes.insert(0x4000_0000, 2);
+        let r = build(inp);
+        assert!(r.checks[0].ok && r.checks[1].ok);
+        assert_eq!(r.checks[2].name, "extra");
+        assert!(!r.passed, "extra failing check must fail the run");
+        let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["exits"]["hypercalls"]["0x005c"]["ok"], 1);
+        assert_eq!(v["exits"]["msr_writes"]["0x40000000"], 2);
+        assert_eq!(v["exit_code"], 0);
+        assert!(r.to_text().contains("FAIL"));
+    }
+}
