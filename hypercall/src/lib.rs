@@ -17,3 +17,5 @@ pub mod testing;
 pub mod tsc;
 
 pub use platform::Platform;
+#[cfg(all(feature = "bare-metal", target_arch = "x86_64"))]
+pub mod bare_metal;
