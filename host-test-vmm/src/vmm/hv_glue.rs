@@ -10,6 +10,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::error::VmmError;
 use super::irq::{KvmGuestTsc, MsiInterruptSink};
+use crate::hv;
 
 /// One CPUID leaf produced by the emulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub trait HvPort: Send + Sync {
     fn crash(&self) -> Option<serde_json::Value>;
     /// How many message re-deliveries an EOM triggered, if the emulation counts them.
     fn eom_redeliveries(&self) -> Option<u64>;
+    /// How many synthetic timers expired, if the emulation counts them.
+    fn timer_expirations(&self) -> Option<u64>;
     /// Back to power-on state.
     fn reset(&self);
     /// Stops background threads (timers); idempotent.
@@ -116,6 +119,9 @@ impl HvPort for NoHyperV {
     fn eom_redeliveries(&self) -> Option<u64> {
         None
     }
+    fn timer_expirations(&self) -> Option<u64> {
+        None
+    }
     fn reset(&self) {}
     fn shutdown(&self) {}
 }
@@ -125,7 +131,89 @@ pub fn no_hyperv() -> HvFactory {
     Arc::new(|_ctx| Ok(Arc::new(NoHyperV) as Arc<dyn HvPort>))
 }
 
-/// The emulation a partition gets unless the caller picks another.
+impl hv::InterruptSink for MsiInterruptSink {
+    fn raise(&self, vp: u32, vector: u8) {
+        MsiInterruptSink::raise(self, vp, vector);
+    }
+}
+
+impl hv::GuestTsc for KvmGuestTsc {
+    fn now(&self) -> u64 {
+        KvmGuestTsc::now(self)
+    }
+}
+
+impl HvPort for hv::Hypervisor {
+    fn cpuid_leaves(&self) -> Vec<CpuidEntry> {
+        hv::Hypervisor::cpuid_leaves(self)
+            .into_iter()
+            .map(|l| CpuidEntry {
+                function: l.function,
+                index: l.index,
+                eax: l.eax,
+                ebx: l.ebx,
+                ecx: l.ecx,
+                edx: l.edx,
+            })
+            .collect()
+    }
+    fn msr_read(&self, vp: u32, msr: u32) -> Option<u64> {
+        hv::Hypervisor::msr_read(self, vp, msr).ok()
+    }
+    fn msr_write(&self, vp: u32, msr: u32, value: u64) -> bool {
+        hv::Hypervisor::msr_write(self, vp, msr, value).is_ok()
+    }
+    fn hypercall(&self, vp: u32, regs: &mut HvRegs) {
+        let mut r = hv::HypercallRegs {
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            r8: regs.r8,
+            rax: regs.rax,
+        };
+        hv::Hypervisor::hypercall(self, vp, &mut r);
+        regs.rax = r.rax;
+        regs.rcx = r.rcx;
+    }
+    fn stats(&self) -> serde_json::Value {
+        serde_json::to_value(hv::Hypervisor::stats(self)).unwrap_or(serde_json::Value::Null)
+    }
+    fn crash(&self) -> Option<serde_json::Value> {
+        hv::Hypervisor::crash(self).and_then(|c| serde_json::to_value(c).ok())
+    }
+    fn eom_redeliveries(&self) -> Option<u64> {
+        Some(hv::Hypervisor::stats(self).messages_redelivered_on_eom)
+    }
+    fn timer_expirations(&self) -> Option<u64> {
+        Some(hv::Hypervisor::stats(self).timer_expirations)
+    }
+    fn reset(&self) {
+        hv::Hypervisor::reset(self);
+    }
+    fn shutdown(&self) {
+        hv::Hypervisor::shutdown(self);
+    }
+}
+
+/// Factory for the Hyper-V emulation with `features`, plus the host test
+/// services the bundled test guest talks to when `test_services` is set.
+pub fn hyperv(features: hv::HvFeatures, test_services: bool) -> HvFactory {
+    Arc::new(move |ctx: HvContext| {
+        let cfg = hv::HvConfig {
+            vp_count: ctx.vp_count,
+            tsc_hz: ctx.tsc_hz,
+            features: features.clone(),
+        };
+        let h = hv::Hypervisor::new(cfg, ctx.mem, ctx.irq, ctx.tsc)
+            .map_err(|e| VmmError::Hv(e.to_string()))?;
+        if test_services {
+            h.install_test_services();
+        }
+        Ok(h as Arc<dyn HvPort>)
+    })
+}
+
+/// The emulation a partition gets unless the caller picks another: Hyper-V
+/// with the recommended feature profile and the host test services.
 pub fn default_factory() -> HvFactory {
-    no_hyperv()
+    hyperv(hv::HvFeatures::default(), true)
 }

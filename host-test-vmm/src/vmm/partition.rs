@@ -414,6 +414,7 @@ impl Partition {
             hv_stats: self.hv.stats(),
             crash: self.hv.crash(),
             eom_redeliveries: self.hv.eom_redeliveries(),
+            timer_expirations: self.hv.timer_expirations(),
             end,
         })
     }

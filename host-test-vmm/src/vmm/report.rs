@@ -104,6 +104,8 @@ pub struct Inputs<'a> {
     pub crash: Option<Value>,
     /// EOM-triggered re-deliveries counted by the emulation.
     pub eom_redeliveries: Option<u64>,
+    /// Synthetic timer expirations counted by the emulation.
+    pub timer_expirations: Option<u64>,
     /// How the run ended.
     pub end: RunEnd,
 }
@@ -146,6 +148,9 @@ fn contradiction(name: &str, inp: &Inputs<'_>) -> Option<String> {
             if MSR_STIMER_CONFIG.iter().all(|m| writes(*m) == 0) =>
         {
             Some("host saw no write to any STIMERn_CONFIG".into())
+        }
+        "stimer-oneshot" | "stimer-periodic" if inp.timer_expirations.unwrap_or(0) == 0 => {
+            Some("hv stats show no timer expiration".into())
         }
         "stimer-oneshot" | "stimer-periodic" if irqs == 0 => {
             Some("host injected no interrupt".into())
@@ -311,6 +316,7 @@ mod tests {
             hv_stats: Value::Null,
             crash: None,
             eom_redeliveries: None,
+            timer_expirations: None,
             end: RunEnd::DebugExit { code: 0, vp: 0 },
         }
     }

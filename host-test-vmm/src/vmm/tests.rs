@@ -111,6 +111,9 @@ impl HvPort for RecordingHv {
     fn eom_redeliveries(&self) -> Option<u64> {
         None
     }
+    fn timer_expirations(&self) -> Option<u64> {
+        None
+    }
     fn reset(&self) {}
     fn shutdown(&self) {}
 }
@@ -529,4 +532,47 @@ fn memory_sizes_parse() {
     assert_eq!(parse_memory_size("4096"), Ok(4096));
     assert!(parse_memory_size("12Q").is_err());
     assert!(parse_memory_size("M").is_err());
+}
+
+#[test]
+fn real_hyperv_emulation_cpuid_msrs_and_hypercall_page() {
+    require_kvm();
+    let code = [
+        0xB8, 0x00, 0x00, 0x00, 0x40, // mov eax, 0x40000000
+        0x0F, 0xA2, // cpuid
+        0x81, 0xFB, 0x4D, 0x69, 0x63, 0x72, // cmp ebx, "Micr"
+        0x75, 0x2D, // jne fail (+45)
+        0xB9, 0x00, 0x00, 0x00, 0x40, // mov ecx, GUEST_OS_ID
+        0x31, 0xC0, // xor eax, eax
+        0xBA, 0x00, 0x00, 0x00, 0x81, // mov edx, 0x81000000 (open-source OS id)
+        0x0F, 0x30, // wrmsr
+        0xB9, 0x01, 0x00, 0x00, 0x40, // mov ecx, HYPERCALL
+        0xB8, 0x01, 0x10, 0x30, 0x00, // mov eax, 0x301000 | enable
+        0x31, 0xD2, // xor edx, edx
+        0x0F, 0x30, // wrmsr
+        0xB9, 0xFF, 0xFF, 0x00, 0x00, // mov ecx, 0xffff (no such call)
+        0x45, 0x31, 0xC0, // xor r8d, r8d
+        0xB8, 0x00, 0x10, 0x30, 0x00, // mov eax, 0x301000
+        0xFF, 0xD0, // call rax (the hypercall page)
+        0xE7, 0xF4, // out 0xf4, eax: exit with the hypercall status
+        // fail:
+        0xB8, 0xFF, 0x00, 0x00, 0x00, 0xE7, 0xF4,
+    ];
+    let mut c = config(ElfImage::build_flat(&code, BASE), 1);
+    c.hv = hv_glue::default_factory();
+    let out = run(c).expect("run");
+    // HV_STATUS_INVALID_HYPERCALL_CODE = 2.
+    assert_eq!(
+        out.end,
+        RunEnd::DebugExit { code: 2, vp: 0 },
+        "report {}",
+        out.report.to_json()
+    );
+    assert_eq!(out.report.exits["hypercalls"]["0xffff"]["calls"], 1);
+    assert_eq!(out.report.exits["msr_writes"]["0x40000001"], 1);
+    assert!(
+        out.report.hv.is_object(),
+        "hv stats merged: {}",
+        out.report.hv
+    );
 }
