@@ -33,7 +33,7 @@ pub struct CpuidLeaf {
 /// MSR and hypercall paths grant exactly this (an MSR whose privilege is
 /// clear raises #GP; a hypercall without its privilege returns
 /// ACCESS_DENIED).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HvFeatures {
     /// Leaf 0x40000003 EAX/EBX.
     pub privileges: PartitionPrivileges,

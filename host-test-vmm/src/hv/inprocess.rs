@@ -219,15 +219,18 @@ impl InProcess {
     /// timers.
     pub fn advance_ref(&self, ticks: u64) {
         if let Some(f) = &self.fake {
+            let target = self.now().saturating_add(ticks);
             let hz = u128::from(self.hv.config().tsc_hz);
-            let tsc = u128::from(ticks) * hz / u128::from(super::REF_TICKS_PER_SEC);
-            // Round up so the reference time moves by at least `ticks`.
-            let tsc = if (tsc * u128::from(super::REF_TICKS_PER_SEC)) < u128::from(ticks) * hz {
-                tsc + 1
-            } else {
-                tsc
-            };
-            f.advance(u64::try_from(tsc).unwrap_or(u64::MAX));
+            // Estimate (may fall short by the floor of the scale), then step
+            // to the first TSC value whose reference time reaches the target.
+            let est = u128::from(ticks) * hz / u128::from(super::REF_TICKS_PER_SEC);
+            f.advance(u64::try_from(est).unwrap_or(u64::MAX));
+            let step = u64::try_from(hz / u128::from(super::REF_TICKS_PER_SEC) / 16)
+                .unwrap_or(1)
+                .max(1);
+            while self.now() < target {
+                f.advance(step);
+            }
         }
         self.hv.process_timers();
     }

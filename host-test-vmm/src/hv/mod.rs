@@ -490,6 +490,13 @@ impl Hypervisor {
         self.inner.hypercall(vp, regs);
     }
 
+    /// Whether the guest has enabled the hypercall page (a VMM may choose
+    /// to inject #UD for a hypercall before that; [`Hypervisor::hypercall`]
+    /// itself answers ACCESS_DENIED).
+    pub fn hypercall_page_enabled(&self) -> bool {
+        self.inner.hypercall_page_enabled()
+    }
+
     /// Route HvPostMessage to `connection_id` (bits 23:0) to `handler`,
     /// replacing an earlier registration. The handler runs on the posting
     /// vCPU's thread with no hypervisor lock held; its status is returned to
