@@ -1,1 +1,158 @@
-fn main() {}
+//! `host-test-vmm`: boot a bare-metal ELF guest in a KVM partition that plays
+//! the Hyper-V root partition, and report what the guest checked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use host_test_vmm::vmm::{self, SerialOutput, VmConfig, VmmError};
+
+#[derive(Parser)]
+#[command(
+    name = "host-test-vmm",
+    version,
+    about = "KVM VMM that plays the Hyper-V root partition for testing Hyper-V guests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot an ELF guest with the direct 64-bit boot protocol (docs/ARCHITECTURE.md).
+    Run {
+        /// Guest ELF64 x86_64 executable.
+        #[arg(long)]
+        kernel: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Build (if needed) and boot the bundled test guest (tests/guest).
+    Demo {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Number of vCPUs (1..=8).
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Guest RAM: bytes or K/M/G suffix.
+    #[arg(long, default_value = "256M", value_parser = vmm::parse_memory_size)]
+    memory: u64,
+    /// Serial console: stdout, stderr or file=PATH (default: stdout, or stderr with --report json).
+    #[arg(long, value_parser = parse_serial)]
+    serial: Option<SerialOutput>,
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    report: ReportFormat,
+    /// Wall-clock limit in seconds (0 = none).
+    #[arg(long, default_value_t = 0)]
+    timeout: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Json,
+    Text,
+}
+
+fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+    match s {
+        "stdout" => Ok(SerialOutput::Stdout),
+        "stderr" => Ok(SerialOutput::Stderr),
+        "none" => Ok(SerialOutput::Null),
+        _ => match s.strip_prefix("file=") {
+            Some(p) if !p.is_empty() => Ok(SerialOutput::File(PathBuf::from(p))),
+            _ => Err(format!("{s:?}: expected stdout, stderr, none or file=PATH")),
+        },
+    }
+}
+
+/// Builds tests/guest for x86_64-unknown-none and returns the ELF path.
+fn build_test_guest() -> Result<PathBuf, VmmError> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guest");
+    let manifest = dir.join("Cargo.toml");
+    if !manifest.exists() {
+        return Err(VmmError::Demo(format!(
+            "the bundled test guest does not exist yet ({} is missing); build a guest ELF and use `host-test-vmm run --kernel <elf>`",
+            manifest.display()
+        )));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    tracing::info!(manifest = %manifest.display(), "building the test guest");
+    let out = Command::new(cargo)
+        .current_dir(&dir)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "x86_64-unknown-none",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| VmmError::Demo(format!("cannot run cargo to build the test guest: {e}")))?;
+    if !out.status.success() {
+        return Err(VmmError::Demo(format!(
+            "building the test guest failed ({}); see the compiler output above",
+            out.status
+        )));
+    }
+    // The artifact path comes from cargo itself, so CARGO_TARGET_DIR and profiles are honoured.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact")
+        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .next_back()
+        .ok_or_else(|| {
+            VmmError::Demo("cargo built the test guest but reported no executable".into())
+        })
+}
+
+fn run(kernel: &Path, c: Common) -> Result<bool, VmmError> {
+    let mut cfg = VmConfig::from_file(kernel)?;
+    cfg.cpus = c.cpus;
+    cfg.memory = c.memory;
+    cfg.serial = c.serial.unwrap_or(match c.report {
+        ReportFormat::Json => SerialOutput::Stderr,
+        ReportFormat::Text => SerialOutput::Stdout,
+    });
+    cfg.timeout = (c.timeout > 0).then(|| Duration::from_secs(c.timeout));
+    let out = vmm::run(cfg)?;
+    match c.report {
+        ReportFormat::Json => println!("{}", out.report.to_json()),
+        ReportFormat::Text => print!("\n{}", out.report.to_text()),
+    }
+    Ok(out.passed())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { kernel, common } => run(&kernel, common),
+        Cmd::Demo { common } => build_test_guest().and_then(|elf| run(&elf, common)),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("host-test-vmm: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

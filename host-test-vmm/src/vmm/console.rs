@@ -21,6 +21,8 @@ pub enum SerialOutput {
     /// The VMM's stdout.
     #[default]
     Stdout,
+    /// The VMM's stderr (keeps stdout free for a JSON report).
+    Stderr,
     /// A file (created or truncated).
     File(PathBuf),
     /// Only the capture.
@@ -104,6 +106,7 @@ impl Console {
     pub(crate) fn new(out: &SerialOutput) -> Result<Self, VmmError> {
         let sink: Option<Box<dyn Write + Send>> = match out {
             SerialOutput::Stdout => Some(Box::new(io::stdout())),
+            SerialOutput::Stderr => Some(Box::new(io::stderr())),
             SerialOutput::File(path) => Some(Box::new(io::BufWriter::new(
                 std::fs::File::create(path).map_err(|source| VmmError::SerialFile {
                     path: path.clone(),
