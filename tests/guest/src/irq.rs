@@ -48,7 +48,9 @@ pub fn sint_seen_type(sint: u8) -> u32 {
 
 /// RDTSC stamps of direct-mode stimer interrupts `0..n` (n = count).
 pub fn stimer_stamps(out: &mut [u64]) -> usize {
-    let n = (count(STIMER_VECTOR) as usize).min(STAMPS.len()).min(out.len());
+    let n = (count(STIMER_VECTOR) as usize)
+        .min(STAMPS.len())
+        .min(out.len());
     for (o, s) in out.iter_mut().zip(STAMPS.iter()).take(n) {
         *o = s.load(Ordering::Acquire);
     }

@@ -1,15 +1,49 @@
-//! hvkit bare-metal test guest. See README in this folder.
+//! hvkit bare-metal test guest: boots on host-test-vmm (direct 64-bit ELF
+//! boot), exercises the Hyper-V interface through the `hypercall` crate and
+//! prints one `hvkit-check: <name> <ok|fail> <detail>` line per check.
+//! Exit code (debug port 0xF4): 0 all passed, 1 a check failed, 2 panic,
+//! 3 unexpected exception.
 #![no_std]
 #![no_main]
 
-mod apic;
-mod idt;
-mod irq;
 #[macro_use]
 mod port;
+#[macro_use]
+mod report;
+mod apic;
+mod checks;
+mod idt;
+mod irq;
+mod pages;
+mod platform;
 
 use core::arch::global_asm;
 use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use hypercall::hv::{crash_capabilities, report_crash, report_crash_message};
+use hypercall::msr;
+use hypercall::platform::Platform;
+
+use platform::PLATFORM;
+
+/// The checks, in the order they run. Every one prints exactly one line.
+const ALL_CHECKS: [&str; 11] = [
+    "cpuid-detect",
+    "guest-os-id",
+    "hypercall-page",
+    "reference-tsc",
+    "post-message",
+    "synic-message",
+    "synic-interrupt",
+    "eom-redelivery",
+    "signal-event",
+    "stimer-oneshot",
+    "stimer-periodic",
+];
+
+/// Set once CPUID says the crash MSRs exist; the panic path uses them then.
+static CRASH_MSRS: AtomicBool = AtomicBool::new(false);
 
 // Entry: long mode, CPL0, interrupts off, RSP set by the VMM,
 // RDI = vp index, RSI = vCPU count, RDX = RAM size. APs park.
@@ -32,23 +66,142 @@ global_asm!(
 
 extern "C" fn guest_main(vp: u64, vcpus: u64, ram: u64) -> ! {
     port::serial_init();
-    println!("hvkit-test-guest: vp {vp} of {vcpus}, ram {} MiB", ram >> 20);
+    println!(
+        "hvkit-test-guest: vp {vp} of {vcpus}, {} MiB RAM",
+        ram >> 20
+    );
     idt::init();
-    let id = apic::enable();
-    println!("apic id {id}");
-    port::exit(0)
+    apic::enable();
+    let p = &PLATFORM;
+
+    let info = checks::cpuid_detect(p);
+    let freq = info.is_some_and(|i| i.has_frequency_msrs());
+    // Watchdog tick: bounds every wait. KVM's APIC bus runs at 1 GHz unless the
+    // hypervisor tells us otherwise.
+    let apic_hz = if freq {
+        p.rdmsr(msr::APIC_FREQUENCY)
+    } else {
+        0
+    };
+    let apic_hz = if apic_hz == 0 { 1_000_000_000 } else { apic_hz };
+    let tsc_hz = if freq { p.rdmsr(msr::TSC_FREQUENCY) } else { 0 };
+    apic::timer_periodic(irq::TICK_VECTOR, (apic_hz / 16 / irq::TICK_HZ) as u32);
+    irq::enable();
+    println!("hvkit-test-guest: apic_hz={apic_hz} tsc_hz={tsc_hz}");
+
+    let mut done = 1; // cpuid-detect
+    if let Some(info) = info {
+        CRASH_MSRS.store(info.has_crash_msrs(), Ordering::Release);
+        run(p, &info, tsc_hz, &mut done);
+    }
+    for name in &ALL_CHECKS[done..] {
+        check!(name, false, "not run: an earlier step failed (see above)");
+    }
+
+    apic::timer_stop();
+    let (passed, failed) = report::totals();
+    println!("hvkit-test-guest: {passed} passed, {failed} failed");
+    port::exit(if failed == 0 && passed as usize == ALL_CHECKS.len() {
+        0
+    } else {
+        1
+    })
+}
+
+/// Runs the checks after `cpuid-detect`; `done` counts the lines printed.
+fn run<P: Platform>(p: &P, info: &hypercall::cpuid::HvCpuidInfo, tsc_hz: u64, done: &mut usize) {
+    let hv = checks::hypercall_init(p);
+    *done += 2;
+    let clock = if info.has_reference_tsc() {
+        checks::reference_tsc(p, tsc_hz)
+    } else {
+        check!(
+            "reference-tsc",
+            false,
+            "reference TSC page not offered (privilege bit 9)"
+        );
+        None
+    };
+    *done += 1;
+    let Some(hv) = hv else { return };
+    let synic = match checks::synic_enable(p) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("hvkit-test-guest: SynIC enable failed: {e}");
+            return;
+        }
+    };
+    checks::echo_round_trip(&hv, &synic);
+    checks::eom_redelivery(&hv, &synic);
+    checks::signal_event(&hv, &synic);
+    *done += 5;
+    let Some(clock) = clock else { return };
+    checks::stimer_oneshot(p, &synic, &clock);
+    checks::stimer_periodic(p, info, &clock);
+    *done += 2;
 }
 
 pub(crate) fn exception(frame: &idt::ExceptionFrame) -> ! {
     println!(
-        "hvkit-test-guest: exception vector {} error {:#x} rip {:#x} rsp {:#x}",
-        frame.vector, frame.error_code, frame.rip, frame.rsp
+        "hvkit-test-guest: exception vector {} error {:#x} rip {:#x} cs {:#x} rflags {:#x} rsp {:#x}",
+        frame.vector, frame.error_code, frame.rip, frame.cs, frame.rflags, frame.rsp
     );
     port::exit(3)
 }
 
+/// A fixed buffer that `core::fmt` can write into (truncating).
+struct MessageBuf {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl core::fmt::Write for MessageBuf {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
+    static PANICKING: AtomicBool = AtomicBool::new(false);
+    irq::disable();
+    if PANICKING.swap(true, Ordering::AcqRel) {
+        port::exit(2); // a panic while reporting a panic
+    }
     println!("hvkit-test-guest: panic: {info}");
+    if CRASH_MSRS.load(Ordering::Acquire) {
+        let p = &PLATFORM;
+        let mut msg = MessageBuf {
+            buf: [0; 512],
+            len: 0,
+        };
+        let _ =
+            core::fmt::Write::write_fmt(&mut msg, format_args!("hvkit-test-guest panic: {info}"));
+        let sent = crash_capabilities(p).crash_message()
+            && report_crash_message(p, &pages::crash(), &msg.buf[..msg.len]).is_ok();
+        if !sent {
+            // Linux's layout: P0 error code, P1 guest OS id, P2 RIP, P3 RAX, P4 RSP.
+            let line = info.location().map_or(0, |l| u64::from(l.line()));
+            let rsp: u64;
+            // SAFETY: reads RSP; no memory access.
+            unsafe {
+                core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags))
+            };
+            report_crash(
+                p,
+                [
+                    0x0BAD_0000 | line,
+                    checks::GUEST_OS_ID.into_bits(),
+                    0,
+                    0,
+                    rsp,
+                ],
+            );
+        }
+        println!("hvkit-test-guest: crash reported through the crash MSRs (message={sent})");
+    }
     port::exit(2)
 }

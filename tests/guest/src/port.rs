@@ -11,13 +11,17 @@ const DEBUG_EXIT: u16 = 0xF4;
 fn outb(port: u16, value: u8) {
     // SAFETY: port I/O to the console and debug-exit ports the VMM defines for
     // this guest; it touches no memory.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
 }
 
 fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: as in `outb`; reading the 16550 line status register has no side effect.
-    unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    }
     value
 }
 
