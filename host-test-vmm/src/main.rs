@@ -2,7 +2,7 @@
 //! the Hyper-V root partition, and report what the guest checked.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -73,50 +73,6 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
     }
 }
 
-/// Builds tests/guest for x86_64-unknown-none and returns the ELF path.
-fn build_test_guest() -> Result<PathBuf, VmmError> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guest");
-    let manifest = dir.join("Cargo.toml");
-    if !manifest.exists() {
-        return Err(VmmError::Demo(format!(
-            "the bundled test guest does not exist yet ({} is missing); build a guest ELF and use `host-test-vmm run --kernel <elf>`",
-            manifest.display()
-        )));
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    tracing::info!(manifest = %manifest.display(), "building the test guest");
-    let out = Command::new(cargo)
-        .current_dir(&dir)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "x86_64-unknown-none",
-            "--message-format=json-render-diagnostics",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| VmmError::Demo(format!("cannot run cargo to build the test guest: {e}")))?;
-    if !out.status.success() {
-        return Err(VmmError::Demo(format!(
-            "building the test guest failed ({}); see the compiler output above",
-            out.status
-        )));
-    }
-    // The artifact path comes from cargo itself, so CARGO_TARGET_DIR and profiles are honoured.
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact")
-        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .next_back()
-        .ok_or_else(|| {
-            VmmError::Demo("cargo built the test guest but reported no executable".into())
-        })
-}
-
 fn run(kernel: &Path, c: Common) -> Result<bool, VmmError> {
     let mut cfg = VmConfig::from_file(kernel)?;
     cfg.cpus = c.cpus;
@@ -145,7 +101,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run { kernel, common } => run(&kernel, common),
-        Cmd::Demo { common } => build_test_guest().and_then(|elf| run(&elf, common)),
+        Cmd::Demo { common } => {
+            vmm::guest_build::build_test_guest().and_then(|elf| run(&elf, common))
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub mod console;
 pub mod cpuid;
 pub mod elf;
 pub mod error;
+pub mod guest_build;
 pub mod hv_glue;
 pub mod irq;
 pub mod partition;
