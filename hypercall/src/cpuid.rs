@@ -418,7 +418,7 @@ pub struct HvCpuidInfo {
 /// Why [`detect`] found no usable Hyper-V interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DetectError {
-    /// CPUID.1:ECX[31] is clear: no hypervisor at all.
+    /// `CPUID.1:ECX[31]` is clear: no hypervisor at all.
     NoHypervisor,
     /// A hypervisor is present, but it offers neither the "Microsoft Hv" vendor nor the "Hv#1"
     /// interface.
@@ -573,7 +573,7 @@ impl HvCpuidInfo {
 /// Detects a Hyper-V (or Hyper-V compatible) hypervisor through a CPUID function
 /// (`cpuid(leaf, subleaf)`).
 ///
-/// Present means: CPUID.1:ECX[31] set, vendor "Microsoft Hv" *or* interface "Hv#1" (a compatible
+/// Present means: `CPUID.1:ECX[31]` set, vendor "Microsoft Hv" *or* interface "Hv#1" (a compatible
 /// host such as KVM's "Linux KVM Hv"), and a highest leaf of at least 0x40000003, so the privileges
 /// are known. What the host offers is in the returned [`HvCpuidInfo`]; whether Linux itself would
 /// accept it is [`HvCpuidInfo::linux_would_accept`].

@@ -5,8 +5,8 @@
 //! memory is not part of the trait: the caller hands the drivers [`PageRef`]s, which carry their
 //! guest-physical address and are accessed atomically.
 //!
-//! Implementations: [`crate::bare_metal::BareMetal`] (feature `bare-metal`, x86_64 at CPL0) and
-//! [`crate::testing::ScriptedPlatform`] (feature `test-platform`, records every access).
+//! Implementations: `crate::bare_metal::BareMetal` (feature `bare-metal`, x86_64 at CPL0) and
+//! `crate::testing::ScriptedPlatform` (feature `test-platform`, records every access).
 #![forbid(unsafe_code)]
 
 use crate::cpuid::CpuidResult;

@@ -118,7 +118,7 @@ impl Default for ScriptedPlatform {
 }
 
 impl ScriptedPlatform {
-    /// A CPU without a hypervisor (CPUID.1:ECX[31] clear).
+    /// A CPU without a hypervisor (`CPUID.1:ECX[31]` clear).
     pub fn bare() -> Self {
         Self {
             state: RefCell::new(State {

@@ -692,3 +692,89 @@ fn handler_sees_calls() {
         HvStatus::INVALID_CONNECTION_ID
     );
 }
+
+/// A platform whose only job is counting EOM writes, shareable across threads.
+struct EomCounter(std::sync::atomic::AtomicU64);
+
+impl Platform for EomCounter {
+    fn cpuid(&self, _: u32, _: u32) -> crate::cpuid::CpuidResult {
+        unreachable!("not used by the message path")
+    }
+    fn rdmsr(&self, _: u32) -> u64 {
+        unreachable!("not used by the message path")
+    }
+    fn wrmsr(&self, m: u32, _: u64) {
+        assert_eq!(m, msr::EOM);
+        self.0.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+    }
+    fn rdtsc(&self) -> u64 {
+        unreachable!("not used by the message path")
+    }
+    fn hypercall(&self, _: &PageRef<'_>, _: u64, _: u64, _: u64) -> u64 {
+        unreachable!("not used by the message path")
+    }
+}
+
+// A host thread delivers messages into SINT2's slot following the delivery rules (fact sheet
+// §4.3: only into an empty slot; if busy, set MessagePending atomically and wait for EOM) while
+// the guest consumes them. Every message must arrive once, in order, untorn, and the pending flag
+// set concurrently must never be lost (the host would wait forever). A stress test: a driver that
+// clears the type with a plain store instead of the compare-exchange loop fails it only some of
+// the time (the window is a few loads wide), a correct one never does.
+#[test]
+fn take_message_races_with_host() {
+    use core::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    const N: u32 = 20_000;
+    let simp = Page::new();
+    let slot = slot_offset(2);
+    let platform = EomCounter(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    std::thread::scope(|scope| {
+        let host_page = PageRef::identity_mapped(&simp);
+        let eoms = &platform.0;
+        scope.spawn(move || {
+            for i in 1..=N {
+                loop {
+                    assert!(Instant::now() < deadline, "host stuck at message {i}");
+                    let word = host_page.load_u64(slot);
+                    if word as u32 == 0 {
+                        // Body first, then the header qword with the type (release).
+                        let body = [i as u8; 240];
+                        host_page.write_bytes(slot + 16, &body);
+                        host_page.store_u64(slot + 8, i as u64);
+                        host_page.store_u64(slot, 0x1 | 240 << 32);
+                        break;
+                    }
+                    let seen = eoms.load(Ordering::SeqCst);
+                    if host_page
+                        .compare_exchange_u64(slot, word, word | 1 << 40)
+                        .is_ok()
+                    {
+                        while eoms.load(Ordering::SeqCst) == seen {
+                            assert!(Instant::now() < deadline, "EOM never came for {i}");
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+            }
+        });
+        let s = SynIc::attach(
+            &platform,
+            PageRef::identity_mapped(&simp),
+            PageRef::identity_mapped(&simp),
+        );
+        let mut next = 1u32;
+        while next <= N {
+            assert!(Instant::now() < deadline, "guest stuck at message {next}");
+            match s.take_message(2).unwrap() {
+                None => std::thread::yield_now(),
+                Some(m) => {
+                    assert_eq!(m.header.origination_id, next as u64);
+                    assert!(m.payload().iter().all(|&b| b == next as u8));
+                    next += 1;
+                }
+            }
+        }
+    });
+}
