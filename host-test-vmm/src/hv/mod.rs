@@ -194,6 +194,9 @@ pub enum MsrFault {
         /// The rejected value.
         value: u64,
     },
+    /// The HYPERCALL MSR is locked until the next reset.
+    #[error("MSR {0:#x} is locked")]
+    Locked(u32),
     /// The page the value points at is not guest RAM.
     #[error("MSR {msr:#x}: page {gpa:#x} is outside guest RAM")]
     PageOutsideRam {

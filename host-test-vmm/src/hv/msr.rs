@@ -147,7 +147,7 @@ impl Inner {
         let msr = m::HYPERCALL;
         let mut p = lock(&self.part);
         if HypercallMsr::from_bits(p.hypercall).locked() {
-            return Err(MsrFault::InvalidValue { msr, value });
+            return Err(MsrFault::Locked(msr));
         }
         let mut new = HypercallMsr::from_bits(value);
         if new.enable() {

@@ -156,16 +156,14 @@ impl Synic {
                 Err(_) => {
                     // The page was checked at enable; RAM does not shrink, so
                     // this is unreachable in practice. Drop rather than spin.
-                    self.queues[sint].pop_front();
-                    fx.dropped += 1;
+                    self.drop_front(sint, fx);
                     continue;
                 }
             }
             let bytes = wire::encode_message(front, now);
             if let Err(e) = write_slot(mem, slot, &bytes) {
                 tracing::warn!(sint, error = %e, "SynIC message slot write failed; message dropped");
-                self.queues[sint].pop_front();
-                fx.dropped += 1;
+                self.drop_front(sint, fx);
                 continue;
             }
             if let Some(Pending::Timer { index, .. }) = self.queues[sint].pop_front() {
@@ -179,6 +177,15 @@ impl Synic {
                 fx.raises.push(v);
             }
         }
+    }
+
+    /// Discard the first queued message of `sint`. A timer message counts as
+    /// gone, so its timer may queue the next expiry.
+    fn drop_front(&mut self, sint: usize, fx: &mut Effects) {
+        if let Some(Pending::Timer { index, .. }) = self.queues[sint].pop_front() {
+            fx.timer_msgs_delivered.push(index);
+        }
+        fx.dropped += 1;
     }
 
     /// Set event flag `flag` of `sint`. Returns whether it was newly set.

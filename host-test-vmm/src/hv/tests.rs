@@ -175,7 +175,10 @@ fn hypercall_msr_lock() {
         .with_gpa(HC_PAGE)
         .into_bits();
     p.wrmsr(0, m::HYPERCALL, locked).unwrap();
-    assert!(p.wrmsr(0, m::HYPERCALL, 0).is_err());
+    assert_eq!(
+        p.wrmsr(0, m::HYPERCALL, 0),
+        Err(MsrFault::Locked(m::HYPERCALL))
+    );
     assert!(p.wrmsr(1, m::HYPERCALL, HC_PAGE + 0x1000).is_err());
     // A locked page survives GUEST_OS_ID = 0 too.
     p.wrmsr(0, m::GUEST_OS_ID, 0).unwrap();
@@ -1155,6 +1158,75 @@ fn stats_serialize() {
     assert_eq!(json["messages_queued"], 1);
     assert_eq!(json["messages_redelivered_on_eom"], 1);
     assert_eq!(json["interrupts_by_vector"]["0xf3"], 2);
+}
+
+/// A guest thread consuming SINT 2 with the real protocol (compare-exchange
+/// the type to 0, then read MessagePending, then EOM) while the host posts
+/// bursts of messages: every message arrives, in order, and none is stranded
+/// (after each burst the host waits, posting nothing, until the guest has
+/// seen the whole burst, so only EOM can deliver the queued ones).
+#[test]
+fn concurrent_guest_consumer_sees_every_message_in_order() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+    use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileMemory};
+    const BURSTS: u32 = 1500;
+    const BURST: u32 = 4;
+    let p = ready();
+    let hv = p.hv().clone();
+    let mem = p.memory().clone();
+    let received = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer = {
+        let (hv, received, stop) = (hv.clone(), received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let slot = SIMP0 + 2 * 256;
+            let s = GuestMemoryBackend::get_slice(&mem, GuestAddress(slot), 256).unwrap();
+            let ty: &AtomicU32 = s.get_atomic_ref(0).unwrap();
+            let flags: &AtomicU8 = s.get_atomic_ref(5).unwrap();
+            let mut got = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let t = ty.load(Ordering::Acquire);
+                if t == 0 {
+                    std::thread::yield_now();
+                    continue;
+                }
+                let mut payload = [0u8; 4];
+                s.get_slice(16, 4).unwrap().copy_to(&mut payload[..]);
+                got.push(u32::from_le_bytes(payload));
+                ty.compare_exchange(t, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .unwrap();
+                if flags.load(Ordering::SeqCst) & 1 != 0 {
+                    hv.msr_write(0, m::EOM, 0).unwrap();
+                }
+                received.fetch_add(1, Ordering::SeqCst);
+            }
+            got
+        })
+    };
+    let mut stranded = false;
+    'outer: for b in 0..BURSTS {
+        for i in 0..BURST {
+            hv.post_message(0, 2, 1, &(b * BURST + i).to_le_bytes())
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while received.load(Ordering::SeqCst) < (b + 1) * BURST {
+            if std::time::Instant::now() > deadline {
+                stranded = true;
+                break 'outer;
+            }
+            std::thread::yield_now();
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let got = consumer.join().unwrap();
+    assert!(
+        !stranded,
+        "a queued message was stranded after {} messages",
+        got.len()
+    );
+    assert_eq!(got, (0..BURSTS * BURST).collect::<Vec<_>>());
+    assert_eq!(hv.queued_messages(0), 0);
 }
 
 // ---------------------------------------------------------------- hostile guests
