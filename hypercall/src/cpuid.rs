@@ -853,6 +853,12 @@ mod tests {
                 nested_features: r,
             };
             prop_assert_eq!(detect(table(info, true)), Ok(info));
+            prop_assert_eq!(FeatureFlags::from_bits(edx).into_bits(), edx);
+            prop_assert_eq!(Recommendations::from_bits(r).into_bits(), r);
+            prop_assert_eq!(HardwareFeatures::from_bits(hw).into_bits(), hw);
+            let v = HvVersion::from_regs(CpuidResult::new(build, ver, svc, edx));
+            prop_assert_eq!(HvVersion::from_regs(v.to_regs()), v);
+            prop_assert_eq!(v.to_regs(), CpuidResult::new(build, ver, svc, edx));
             prop_assert_eq!(PartitionPrivileges::from_regs(eax, ebx).eax(), eax);
             prop_assert_eq!(PartitionPrivileges::from_regs(eax, ebx).ebx(), ebx);
         }

@@ -316,3 +316,74 @@ impl Platform for ScriptedPlatform {
         result.into_bits()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::Page;
+    use std::vec;
+
+    // fact sheet §2.1: the model's HYPERCALL / GUEST_OS_ID / SINT / EOM rules.
+    #[test]
+    fn msr_model() {
+        let p = ScriptedPlatform::default();
+        p.wrmsr(msr::HYPERCALL, 0x5001);
+        assert_eq!(p.rdmsr(msr::HYPERCALL), 0x5000, "enable needs GUEST_OS_ID");
+        p.wrmsr(msr::GUEST_OS_ID, 1);
+        p.wrmsr(msr::HYPERCALL, 0x5001);
+        assert_eq!(p.rdmsr(msr::HYPERCALL), 0x5001);
+        p.wrmsr(msr::GUEST_OS_ID, 0);
+        assert_eq!(p.rdmsr(msr::HYPERCALL), 0x5000, "GUEST_OS_ID = 0 disables");
+        assert_eq!(p.rdmsr(msr::sint(7)), SINT_RESET_VALUE);
+        p.wrmsr(msr::EOM, 0);
+        assert_eq!(p.rdmsr(msr::EOM), 0);
+        p.set_read_only(msr::VP_INDEX);
+        p.set_msr(msr::VP_INDEX, 3);
+        p.wrmsr(msr::VP_INDEX, 9);
+        assert_eq!(p.rdmsr(msr::VP_INDEX), 3);
+        assert_eq!(p.msr_writes().len(), 6);
+    }
+
+    #[test]
+    fn cpuid_tsc_and_hypercalls() {
+        let p = ScriptedPlatform::bare();
+        assert_eq!(p.cpuid(1, 0).ecx & (1 << 31), 0);
+        p.set_cpuid(0x4000_0000, CpuidResult::new(1, 2, 3, 4));
+        assert_eq!(p.cpuid(0x4000_0000, 5), CpuidResult::new(1, 2, 3, 4));
+        let p = ScriptedPlatform::default();
+        assert_ne!(p.cpuid(1, 0).ecx & (1 << 31), 0);
+        assert_eq!(p.cpuid(0x4000_0001, 0).eax, INTERFACE_HV1);
+        p.set_tsc(10, 5);
+        assert_eq!((p.rdtsc(), p.rdtsc()), (10, 15));
+        let page = Page::new();
+        let r = PageRef::new(page.words(), 0x9000).unwrap();
+        let rep = Control::new().with_rep_count(7).into_bits();
+        assert_eq!(
+            HypercallResult::from_bits(p.hypercall(&r, rep, 1, 2)).reps_completed(),
+            7
+        );
+        p.push_hypercall_result(HypercallResult::with(HvStatus::TIME_OUT, 0));
+        assert_eq!(p.hypercall(&r, 0, 0, 0), HvStatus::TIME_OUT.0 as u64);
+        let calls = p.hypercalls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            (calls[0].page_gpa, calls[0].rdx, calls[0].r8),
+            (0x9000, 1, 2)
+        );
+        assert_eq!(
+            p.take_log()[..3],
+            vec![
+                Access::Cpuid {
+                    leaf: 1,
+                    subleaf: 0
+                },
+                Access::Cpuid {
+                    leaf: 0x4000_0001,
+                    subleaf: 0
+                },
+                Access::Rdtsc(10)
+            ][..]
+        );
+        assert!(p.log().is_empty());
+    }
+}
