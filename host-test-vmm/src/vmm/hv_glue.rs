@@ -60,6 +60,11 @@ pub trait HvPort: Send + Sync {
     fn eom_redeliveries(&self) -> Option<u64>;
     /// How many synthetic timers expired, if the emulation counts them.
     fn timer_expirations(&self) -> Option<u64>;
+    /// Whether the partition may use the EOI MSR (AccessIntrCtrlRegs); the VMM
+    /// then performs those EOIs on the in-kernel LAPIC.
+    fn eoi_msr_granted(&self) -> bool {
+        false
+    }
     /// Back to power-on state.
     fn reset(&self);
     /// Stops background threads (timers); idempotent.
@@ -185,6 +190,9 @@ impl HvPort for hv::Hypervisor {
     }
     fn timer_expirations(&self) -> Option<u64> {
         Some(hv::Hypervisor::stats(self).timer_expirations)
+    }
+    fn eoi_msr_granted(&self) -> bool {
+        self.config().features.privileges.access_intr_ctrl_regs()
     }
     fn reset(&self) {
         hv::Hypervisor::reset(self);

@@ -21,6 +21,9 @@ pub struct MsiInterruptSink {
     blocked: AtomicU64,
     failed: AtomicU64,
     by_vector: Mutex<BTreeMap<u8, u64>>,
+    /// Serializes injections with the EOI emulation's read-modify-write of LAPIC
+    /// state, so an MSI raised meanwhile cannot be overwritten by KVM_SET_LAPIC.
+    lapic_rmw: Mutex<()>,
 }
 
 /// Counters of [`MsiInterruptSink`].
@@ -44,6 +47,7 @@ impl MsiInterruptSink {
             blocked: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             by_vector: Mutex::new(BTreeMap::new()),
+            lapic_rmw: Mutex::new(()),
         }
     }
 
@@ -56,7 +60,10 @@ impl MsiInterruptSink {
             data: u32::from(vector),
             ..Default::default()
         };
-        match self.vm.signal_msi(msi) {
+        let rmw = self.lapic_rmw.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.vm.signal_msi(msi);
+        drop(rmw);
+        match result {
             Ok(n) if n > 0 => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
                 *self
@@ -94,6 +101,33 @@ impl MsiInterruptSink {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         }
+    }
+
+    /// An APIC EOI on `vcpu`'s in-kernel LAPIC, for the Hyper-V EOI MSR
+    /// (0x40000070): clears the highest in-service bit, as an EOI write does.
+    /// Returns the vector EOI'd, if any was in service.
+    pub(crate) fn eoi(&self, vcpu: &VcpuFd) -> Result<Option<u8>, kvm_ioctls::Error> {
+        const APIC_ISR: usize = 0x100;
+        let _rmw = self.lapic_rmw.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lapic = vcpu.get_lapic()?;
+        for reg in (0..8usize).rev() {
+            let off = APIC_ISR + reg * 0x10;
+            let mut bytes = [0u8; 4];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = lapic.regs[off + i] as u8;
+            }
+            let isr = u32::from_le_bytes(bytes);
+            if isr != 0 {
+                let bit = 31 - isr.leading_zeros();
+                let cleared = (isr & !(1 << bit)).to_le_bytes();
+                for (i, b) in cleared.iter().enumerate() {
+                    lapic.regs[off + i] = *b as libc::c_char;
+                }
+                vcpu.set_lapic(&lapic)?;
+                return Ok(Some((reg as u32 * 32 + bit) as u8));
+            }
+        }
+        Ok(None)
     }
 
     pub(crate) fn clear(&self) {

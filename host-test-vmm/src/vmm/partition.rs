@@ -201,6 +201,7 @@ impl Partition {
                     sync_regs,
                     emulation_assist: cfg.emulation_assist,
                     initial_lapic: lapic,
+                    irq: irq.clone(),
                 },
             ));
         }

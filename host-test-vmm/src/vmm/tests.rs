@@ -576,3 +576,79 @@ fn real_hyperv_emulation_cpuid_msrs_and_hypercall_page() {
         out.report.hv
     );
 }
+
+#[test]
+fn eoi_msr_is_routed_to_the_lapic() {
+    require_kvm();
+    // The handler counts, EOIs through HV_X64_MSR_EOI and exits at the second
+    // interrupt. (Measured: PVM delivers a second same-vector interrupt even
+    // without an EOI, so the LAPIC effect is checked in `lapic_eoi_clears_highest_isr_bit`.)
+    let mut code = lidt();
+    code.extend_from_slice(&[0xFB, 0xF4, 0xEB, 0xFD]); // sti; hlt; jmp hlt
+    place(
+        &mut code,
+        0x800,
+        &[
+            0xFF, 0x04, 0x25, 0x00, 0x00, 0x30, 0x00, // inc dword [0x300000]
+            0xB9, 0x70, 0x00, 0x00, 0x40, // mov ecx, HV_X64_MSR_EOI
+            0x31, 0xC0, 0x31, 0xD2, // xor eax, eax; xor edx, edx
+            0x0F, 0x30, // wrmsr
+            0x8B, 0x04, 0x25, 0x00, 0x00, 0x30, 0x00, // mov eax, [0x300000]
+            0x83, 0xF8, 0x02, // cmp eax, 2
+            0x72, 0x02, // jb iretq
+            0xE7, 0xF4, // out 0xf4, eax
+            0x48, 0xCF, // iretq
+        ],
+    );
+    let mut c = config(image(&code, &[(0x40, 0x800)]), 1);
+    c.hv = hv_glue::default_factory();
+    let mut p = Partition::create(&c).expect("create");
+    p.start().unwrap();
+    let t = Instant::now();
+    let end = loop {
+        p.interrupts().raise(0, 0x40);
+        if let Some(end) = p.wait(Some(Duration::from_millis(50))) {
+            break end;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "second interrupt never delivered: EOI did not complete the first"
+        );
+    };
+    p.stop().unwrap();
+    assert_eq!(end, RunEnd::DebugExit { code: 2, vp: 0 });
+    assert_eq!(
+        p.exit_stats().snapshot().by_kind.get("eoi_msr"),
+        Some(&2),
+        "EOI MSR writes not routed"
+    );
+}
+
+#[test]
+fn lapic_eoi_clears_highest_isr_bit() {
+    require_kvm();
+    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+    let vm = Arc::new(kvm.create_vm().unwrap());
+    vm.create_irq_chip().unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    let sink = irq::MsiInterruptSink::new(vm.clone());
+    let isr = |l: &kvm_bindings::kvm_lapic_state, reg: usize| {
+        let o = 0x100 + reg * 0x10;
+        u32::from_le_bytes([
+            l.regs[o] as u8,
+            l.regs[o + 1] as u8,
+            l.regs[o + 2] as u8,
+            l.regs[o + 3] as u8,
+        ])
+    };
+    let mut l = vcpu.get_lapic().unwrap();
+    l.regs[0xF1] = 1; // SVR software enable
+    l.regs[0x100 + 2 * 0x10] = 1; // vector 0x40 in service
+    l.regs[0x100 + 0x10 + 2] = 2; // vector 0x31 in service
+    vcpu.set_lapic(&l).unwrap();
+    assert_eq!(sink.eoi(&vcpu).unwrap(), Some(0x40));
+    let l = vcpu.get_lapic().unwrap();
+    assert_eq!((isr(&l, 2), isr(&l, 1)), (0, 1 << 17));
+    assert_eq!(sink.eoi(&vcpu).unwrap(), Some(0x31));
+    assert_eq!(sink.eoi(&vcpu).unwrap(), None);
+}

@@ -14,7 +14,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::boot;
 use super::console::{Console, COM1};
 use super::hv_glue::{is_hv_msr, HvPort, HvRegs};
+use super::irq::MsiInterruptSink;
 use super::stats::ExitStats;
+
+/// HV_X64_MSR_EOI: write-only APIC EOI (fact sheet §2, "EOI / ICR / TPR").
+const HV_MSR_EOI: u32 = 0x4000_0070;
 
 /// Port the guest writes its exit code to.
 pub const DEBUG_EXIT_PORT: u16 = 0xF4;
@@ -177,6 +181,7 @@ pub(crate) struct VcpuEnv {
     pub sync_regs: bool,
     pub emulation_assist: bool,
     pub initial_lapic: kvm_lapic_state,
+    pub irq: Arc<MsiInterruptSink>,
 }
 
 pub(crate) struct Vcpu {
@@ -188,6 +193,7 @@ pub(crate) struct Vcpu {
 /// What to do after an exit whose handling needs the fd again.
 enum Next {
     Continue,
+    ApicEoi,
     End(RunEnd),
     Hypercall,
     InternalError,
@@ -232,6 +238,7 @@ impl Vcpu {
             let next = match next {
                 Next::Hypercall => self.hypercall(),
                 Next::InternalError => self.internal_error(),
+                Next::ApicEoi => self.apic_eoi(),
                 n => n,
             };
             if let Next::End(end) = next {
@@ -363,6 +370,9 @@ impl Vcpu {
             VcpuExit::X86Wrmsr(m) => {
                 env.stats.exit("msr_write");
                 env.stats.msr_write(m.index);
+                if m.index == HV_MSR_EOI && env.hv.eoi_msr_granted() {
+                    return Next::ApicEoi;
+                }
                 if !(is_hv_msr(m.index) && env.hv.msr_write(vp, m.index, m.data)) {
                     tracing::debug!(vp, msr = format_args!("{:#x}", m.index), value = m.data, "WRMSR -> #GP");
                     *m.error = 1;
@@ -407,6 +417,22 @@ impl Vcpu {
                 message: format!("KVM_EXIT_SYSTEM_EVENT type {kind} data {data:x?}"),
             }),
             other => Next::End(RunEnd::Error { vp, message: format!("unhandled KVM exit {other:?}") }),
+        }
+    }
+
+    /// WRMSR of the Hyper-V EOI MSR: an EOI of the in-kernel LAPIC, which the
+    /// KVM-independent emulation cannot do itself.
+    fn apic_eoi(&mut self) -> Next {
+        match self.env.irq.eoi(&self.fd) {
+            Ok(v) => {
+                self.env.stats.exit("eoi_msr");
+                tracing::trace!(vp = self.env.vp, vector = ?v, "EOI through HV_X64_MSR_EOI");
+                Next::Continue
+            }
+            Err(e) => Next::End(RunEnd::Error {
+                vp: self.env.vp,
+                message: format!("EOI MSR emulation (KVM_GET/SET_LAPIC) failed: {e}"),
+            }),
         }
     }
 
