@@ -377,7 +377,8 @@ impl Inner {
             let next = self.process_timers();
             let timeout = next.map(|d| {
                 let now = self.now();
-                RefClock::ref_to_duration(d.saturating_sub(now)).min(timer::MAX_SLEEP)
+                RefClock::ref_to_duration(d.saturating_sub(now))
+                    .clamp(timer::MIN_SLEEP, timer::MAX_SLEEP)
             });
             if !self.timer_ctl.wait(seen, timeout) {
                 break;

@@ -1088,6 +1088,29 @@ fn timer_thread_fires_on_the_host_clock() {
     p.hv().shutdown();
 }
 
+#[test]
+fn tiny_periods_are_coalesced_by_the_timer_thread() {
+    let cfg = HvConfig {
+        vp_count: 1,
+        tsc_hz: DEFAULT_TSC_HZ,
+        features: HvFeatures::default(),
+    };
+    let p = InProcess::with_config(cfg, RAM, ClockKind::Host).unwrap();
+    let c = stimer_cfg()
+        .with_enable(true)
+        .with_periodic(true)
+        .with_direct_mode(true)
+        .with_apic_vector(0xED);
+    // A 100 ns period: 1,000,000 expirations per second if taken literally.
+    set_timer(&p, 0, 0, c, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    p.hv().shutdown();
+    let n = p.interrupts().count(0, 0xED);
+    // At most one round per MIN_SLEEP (50 us), with slack for scheduling.
+    assert!((1..=2100).contains(&n), "{n} expirations in 100 ms");
+    assert_eq!(p.hv().stats().timer_expirations as usize, n);
+}
+
 // ---------------------------------------------------------------- lifecycle
 
 #[test]

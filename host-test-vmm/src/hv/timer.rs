@@ -19,6 +19,11 @@ pub const STIMER_COUNT: usize = 4;
 /// guest TSC is moved under us (e.g. set by the VMM at reset).
 pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 
+/// Lower bound on one sleep of the timer thread: a guest programming a
+/// periodic timer with a tiny period gets its expirations coalesced (missed
+/// periods are skipped) instead of a host thread spinning.
+pub const MIN_SLEEP: Duration = Duration::from_micros(50);
+
 /// One synthetic timer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Stimer {
