@@ -57,12 +57,12 @@ pub const HYPERCALL_PORT: u16 = 0xF5;
 pub const HYPERCALL_PAGE_CODE: [u8; 7] = [0xF3, 0x0F, 0x1E, 0xFA, 0xE7, 0xF5, 0xC3];
 
 /// Highest MSR routed to [`Hypervisor`] by [`Hypervisor::is_hv_msr`].
-pub const HV_MSR_LAST: u32 = 0x4000_01FF;
+pub const HV_MSR_LAST: u32 = *hypercall::msr::SYNTHETIC_MSR_RANGE.end();
 /// Lowest MSR routed to [`Hypervisor`].
-pub const HV_MSR_FIRST: u32 = 0x4000_0000;
+pub const HV_MSR_FIRST: u32 = *hypercall::msr::SYNTHETIC_MSR_RANGE.start();
 
 /// Number of event flags per SINT (fact sheet §4.2: 256 bytes of bits).
-pub const EVENT_FLAGS_PER_SINT: u32 = 2048;
+pub const EVENT_FLAGS_PER_SINT: u32 = hypercall::synic::EVENT_FLAGS_PER_SINT as u32;
 
 pub use cpuid::{CpuidLeaf, HvFeatures, KVM_APIC_FREQUENCY_HZ};
 

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 pub const MAX_QUEUED_PER_SINT: usize = 64;
 
 /// Number of SINTs per VP.
-pub const SINT_COUNT: usize = 16;
+pub const SINT_COUNT: usize = hypercall::synic::SINT_COUNT;
 
 /// A message waiting for its slot.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Timers per VP.
-pub const STIMER_COUNT: usize = 4;
+pub const STIMER_COUNT: usize = hypercall::msr::STIMER_COUNT as usize;
 
 /// Upper bound on one sleep of the timer thread. Not needed for
 /// correctness (every re-arm wakes the thread); it bounds the damage if the
