@@ -98,6 +98,14 @@ extern "C" fn guest_main(vp: u64, vcpus: u64, ram: u64) -> ! {
         check!(name, false, "not run: an earlier step failed (see above)");
     }
 
+    if cfg!(feature = "selftest-panic") {
+        panic!("selftest-panic: deliberate panic after the checks");
+    }
+    if cfg!(feature = "selftest-fault") {
+        // SAFETY: raises #UD on purpose; the IDT reports it and ends the run.
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+    }
+
     apic::timer_stop();
     let (passed, failed) = report::totals();
     println!("hvkit-test-guest: {passed} passed, {failed} failed");
@@ -146,6 +154,20 @@ pub(crate) fn exception(frame: &idt::ExceptionFrame) -> ! {
         "hvkit-test-guest: exception vector {} error {:#x} rip {:#x} cs {:#x} rflags {:#x} rsp {:#x}",
         frame.vector, frame.error_code, frame.rip, frame.cs, frame.rflags, frame.rsp
     );
+    if CRASH_MSRS.load(Ordering::Acquire) {
+        // P0 vector, P1 guest OS id, P2 RIP, P3 CPU error code, P4 RSP.
+        report_crash(
+            &PLATFORM,
+            [
+                frame.vector,
+                checks::GUEST_OS_ID.into_bits(),
+                frame.rip,
+                frame.error_code,
+                frame.rsp,
+            ],
+        );
+        println!("hvkit-test-guest: crash reported through the crash MSRs");
+    }
     port::exit(3)
 }
 
