@@ -13,12 +13,15 @@ use super::{
     InterruptSink, MsrFault, RefClock, PAGE_SIZE,
 };
 use hypercall::abi::{CallCode, Control, HypercallResult, PostMessageInput, SignalEventInput};
+use hypercall::cpuid::{CpuidResult, HYPERVISOR_PRESENT_ECX_BIT, LEAF_STANDARD_FEATURES};
 use hypercall::msr;
+use hypercall::page::{PageRef, PAGE_WORDS};
 use hypercall::synic::{EventFlags, HvMessage, MessageType, EVENT_FLAGS_SIZE, MESSAGE_SIZE};
+use hypercall::Platform;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// An [`InterruptSink`] that records every raise, in order.
@@ -149,12 +152,21 @@ pub enum ClockKind {
 }
 
 /// A partition without KVM.
-#[derive(Debug)]
 pub struct InProcess {
     hv: Arc<Hypervisor>,
     mem: GuestMemoryMmap,
     irq: Arc<RecordingSink>,
+    tsc: Arc<dyn GuestTsc>,
     fake: Option<Arc<FakeTsc>>,
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcess")
+            .field("hv", &self.hv)
+            .field("guest_tsc", &self.tsc.now())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Default TSC frequency of in-process partitions: 1 GHz (100 TSC ticks per
@@ -190,8 +202,14 @@ impl InProcess {
             }
             ClockKind::Host => (Arc::new(HostTsc::new(cfg.tsc_hz)), None),
         };
-        let hv = Hypervisor::new(cfg, mem.clone(), irq.clone(), tsc)?;
-        Ok(Self { hv, mem, irq, fake })
+        let hv = Hypervisor::new(cfg, mem.clone(), irq.clone(), tsc.clone())?;
+        Ok(Self {
+            hv,
+            mem,
+            irq,
+            tsc,
+            fake,
+        })
     }
 
     /// The hypervisor.
@@ -416,8 +434,127 @@ impl InProcess {
         Ok(Some(m))
     }
 
+    /// A handle on the guest page at `gpa` for the guest drivers of the
+    /// `hypercall` crate (they access shared pages through [`PageRef`]).
+    pub fn page(&self, gpa: u64) -> Result<PageRef<'_>, GpaError> {
+        if !gpa.is_multiple_of(PAGE_SIZE) {
+            return Err(GpaError::Misaligned(gpa));
+        }
+        let len = PAGE_SIZE as usize;
+        let slice = GuestMemoryBackend::get_slice(&self.mem, GuestAddress(gpa), len)
+            .ok()
+            .filter(|s| s.len() == len)
+            .ok_or(GpaError::OutsideRam(gpa, len))?;
+        let ptr = slice.ptr_guard_mut().as_ptr();
+        if !ptr.cast::<AtomicU64>().is_aligned() {
+            return Err(GpaError::Misaligned(gpa));
+        }
+        // SAFETY: `ptr` points at `len` = 4096 bytes of this partition's
+        // anonymous guest mapping (checked above), which stays mapped as long
+        // as `self.mem` (borrowed for the returned lifetime) holds its
+        // regions. It is 8-byte aligned (checked), any bit pattern is a
+        // valid `AtomicU64`, and atomics permit the shared mutation the
+        // hypervisor side does through its own volatile/atomic accessors.
+        let words = unsafe { &*ptr.cast::<[AtomicU64; PAGE_WORDS]>() };
+        PageRef::new(words, gpa).map_err(|_| GpaError::Misaligned(gpa))
+    }
+
+    /// VP `vp` as a [`Platform`] for the guest drivers of the `hypercall`
+    /// crate.
+    pub fn vp(&self, vp: u32) -> GuestVp<'_> {
+        GuestVp {
+            part: self,
+            vp,
+            faults: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Host time that `ticks` of reference time take.
     pub fn ref_to_duration(ticks: u64) -> Duration {
         RefClock::ref_to_duration(ticks)
+    }
+}
+
+/// One VP of an [`InProcess`] partition, seen by guest code as the CPU it
+/// runs on: CPUID (leaf 1 reports a hypervisor; the Hyper-V leaves come from
+/// [`Hypervisor::cpuid_leaves`]), RDMSR/WRMSR into the hypervisor, RDTSC from
+/// the partition's guest TSC, and calls into the hypercall page.
+///
+/// [`Platform`] has no way to raise #GP, so a faulting MSR access reads as 0
+/// (or is dropped) and is recorded in [`GuestVp::faults`]. A call through a
+/// page that does not hold [`super::HYPERCALL_PAGE_CODE`] (the real CPU
+/// would run whatever is there) is not dispatched: it is recorded with
+/// `msr == 0` and returns INVALID_HYPERCALL_CODE.
+#[derive(Debug)]
+pub struct GuestVp<'a> {
+    part: &'a InProcess,
+    vp: u32,
+    faults: Mutex<Vec<(u32, Option<MsrFault>)>>,
+}
+
+impl GuestVp<'_> {
+    /// The VP index.
+    pub fn index(&self) -> u32 {
+        self.vp
+    }
+
+    /// Faulting accesses so far: `(msr, fault)`; `(0, None)` for a call
+    /// through a page without the hypercall trampoline.
+    pub fn faults(&self) -> Vec<(u32, Option<MsrFault>)> {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record(&self, msr: u32, fault: Option<MsrFault>) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((msr, fault));
+    }
+}
+
+impl Platform for GuestVp<'_> {
+    fn cpuid(&self, leaf: u32, _subleaf: u32) -> CpuidResult {
+        if leaf == LEAF_STANDARD_FEATURES {
+            return CpuidResult::new(0, 0, 1 << HYPERVISOR_PRESENT_ECX_BIT, 0);
+        }
+        self.part
+            .hv
+            .cpuid_leaves()
+            .into_iter()
+            .find(|l| l.function == leaf)
+            .map_or(CpuidResult::default(), |l| {
+                CpuidResult::new(l.eax, l.ebx, l.ecx, l.edx)
+            })
+    }
+
+    fn rdmsr(&self, msr: u32) -> u64 {
+        self.part.hv.msr_read(self.vp, msr).unwrap_or_else(|f| {
+            self.record(msr, Some(f));
+            0
+        })
+    }
+
+    fn wrmsr(&self, msr: u32, value: u64) {
+        if let Err(f) = self.part.hv.msr_write(self.vp, msr, value) {
+            self.record(msr, Some(f));
+        }
+    }
+
+    fn rdtsc(&self) -> u64 {
+        self.part.tsc.now()
+    }
+
+    fn hypercall(&self, code_page: &PageRef<'_>, control: u64, rdx: u64, r8: u64) -> u64 {
+        let code = self
+            .part
+            .read_bytes(code_page.gpa(), super::HYPERCALL_PAGE_CODE.len());
+        if code.ok().as_deref() != Some(&super::HYPERCALL_PAGE_CODE[..]) {
+            self.record(0, None);
+            return HypercallResult::with(HvStatus::INVALID_HYPERCALL_CODE, 0).into_bits();
+        }
+        self.part.hypercall(self.vp, control, rdx, r8)
     }
 }

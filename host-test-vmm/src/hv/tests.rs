@@ -1252,6 +1252,84 @@ fn concurrent_guest_consumer_sees_every_message_in_order() {
     assert_eq!(hv.queued_messages(0), 0);
 }
 
+// ---------------------------------------------------------------- guest drivers
+
+/// The `hypercall` crate's own guest drivers, run against this host through
+/// the in-process `Platform`: detection, hypercall page, SynIC with the EOM
+/// protocol, events, the reference clock and a direct timer.
+#[test]
+fn hypercall_guest_drivers_work_against_this_host() {
+    use hypercall::hv::{ReferenceClock, SintConfig, SynIc, SyntheticTimer, TimerMode};
+    let p = part();
+    p.hv().install_test_services();
+    let vp0 = p.vp(0);
+    let hc = hypercall::hv::Hypervisor::init(
+        &vp0,
+        m::GuestOsId::linux(6, 12, 117),
+        p.page(HC_PAGE).unwrap(),
+    )
+    .unwrap();
+    assert!(hc.info().linux_would_accept());
+    assert_eq!(hc.vp_index(), 0);
+    let synic = SynIc::enable(
+        &vp0,
+        p.page(SIMP0).unwrap(),
+        p.page(SIEFP0).unwrap(),
+        &[
+            (2, SintConfig::interrupt(VEC)),
+            (3, SintConfig::interrupt(VEC)),
+        ],
+    )
+    .unwrap();
+    let input = p.page(INPUT).unwrap();
+    hc.post_message(
+        &input,
+        ECHO_CONNECTION_ID,
+        MessageType(ECHO_MESSAGE_TYPE),
+        &[4, 2, 0x42],
+    )
+    .unwrap();
+    let mut copies = Vec::new();
+    while let Some(m) = synic.take_message(2).unwrap() {
+        assert_eq!(m.header.message_type, MessageType(ECHO_MESSAGE_TYPE));
+        assert_eq!(&m.payload()[1..], &[2, 0x42]);
+        copies.push(m.payload()[0]);
+    }
+    assert_eq!(copies, vec![1, 2, 3, 4]);
+    assert_eq!(p.hv().stats().messages_redelivered_on_eom, 3);
+    // Errors come back as statuses.
+    assert!(hc
+        .post_message(&input, 0x999, MessageType(1), b"x")
+        .is_err());
+    // Events, fast and slow.
+    hc.signal_event(EVENT_CONNECTION_ID, 7).unwrap();
+    hc.signal_event_slow(&input, EVENT_CONNECTION_ID, 1000)
+        .unwrap();
+    let mut flags = Vec::new();
+    synic.take_events(3, |f| flags.push(f)).unwrap();
+    assert_eq!(flags, vec![7, 1000]);
+    // Reference clock: page and MSR agree.
+    let fake = p.fake_tsc().unwrap();
+    fake.advance(123_456_789);
+    let clock = ReferenceClock::with_tsc_page(&vp0, p.page(TSC_PAGE).unwrap());
+    assert_eq!(clock.now(), clock.read_msr());
+    assert_eq!(clock.now(), p.now());
+    // Direct-mode one-shot timer.
+    p.interrupts().take();
+    let t = SyntheticTimer::new(&vp0, 0).unwrap();
+    t.start_one_shot(TimerMode::Direct { vector: 0xED }, clock.now() + 50)
+        .unwrap();
+    p.advance_ref(49);
+    assert!(p.interrupts().raised().is_empty());
+    p.advance_ref(1);
+    assert_eq!(p.interrupts().raised(), vec![(0, 0xED)]);
+    assert!(vp0.faults().is_empty(), "{:?}", vp0.faults());
+    // A call through a page without the trampoline is not dispatched.
+    let other = hypercall::hv::Hypervisor::attach(&vp0, *hc.info(), p.page(0x9000).unwrap());
+    assert!(other.signal_event(EVENT_CONNECTION_ID, 1).is_err());
+    assert_eq!(vp0.faults(), vec![(0, None)]);
+}
+
 // ---------------------------------------------------------------- hostile guests
 
 mod hostile {
