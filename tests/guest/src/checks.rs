@@ -189,9 +189,18 @@ pub fn reference_tsc<'a, P: Platform>(p: &'a P, tsc_hz: u64) -> Option<Reference
 
     // Rate: reference time against RDTSC / TSC_FREQUENCY over ~200 ms, with
     // the APIC-timer ticks as an independent (coarse) witness.
-    let (t0, r0, k0) = (p.rdtsc(), clock.now(), irq::ticks());
+    // Each pair comes from one RDTSC, so preemption between reads cannot skew it.
+    let pair = || {
+        let mut t = 0;
+        let r = tsc::reference_time(&page, || {
+            t = p.rdtsc();
+            t
+        });
+        (t, r.unwrap_or(0), irq::ticks())
+    };
+    let (t0, r0, k0) = pair();
     irq::wait_until(20, || false);
-    let (t1, r1, k1) = (p.rdtsc(), clock.now(), irq::ticks());
+    let (t1, r1, k1) = pair();
     let ref_ns = r1.wrapping_sub(r0).saturating_mul(100);
     let tsc_ns = if tsc_hz == 0 {
         0
@@ -206,8 +215,19 @@ pub fn reference_tsc<'a, P: Platform>(p: &'a P, tsc_hz: u64) -> Option<Reference
     };
     let rate_ok = dev_ppm <= 10_000;
     let tick_ms = (k1 - k0) * (1000 / irq::TICK_HZ);
+    // Coarse real-time witness (the APIC timer is independent of the TSC
+    // page): catches a clock running at half or double speed, while leaving
+    // room for ticks a loaded host delivers late.
+    let witness_ok = ref_ns >= tick_ms * 900_000 && ref_ns <= tick_ms * 1_600_000;
 
-    let ok = msr_ok && seq != 0 && scale != 0 && backwards == 0 && invalid == 0 && agree && rate_ok;
+    let ok = msr_ok
+        && seq != 0
+        && scale != 0
+        && backwards == 0
+        && invalid == 0
+        && agree
+        && rate_ok
+        && witness_ok;
     check!(
         "reference-tsc",
         ok,
@@ -247,6 +267,10 @@ pub fn echo_round_trip<P: Platform>(hv: &Hypervisor<'_, P>, synic: &SynIc<'_, P>
         status_str(bogus)
     );
 
+    // Interrupt-driven, as a driver would be: wait for the SINT handler, then
+    // read the slot (still polled if no interrupt ever comes, so a missing
+    // interrupt fails synic-interrupt but not synic-message).
+    irq::wait_until(PROMPT_TICKS, || irq::count(vector) != irqs_before);
     let msg = receive(synic, ECHO_SINT);
     let irqs = irq::count(vector) - irqs_before;
     match msg {
@@ -303,6 +327,9 @@ pub fn eom_redelivery<P: Platform>(hv: &Hypervisor<'_, P>, synic: &SynIc<'_, P>)
     let mut got = 0usize;
     let mut error = None;
     while got < N as usize {
+        // Message k arrives with its own interrupt once k-1 was freed (EOM).
+        let want = irqs_before + got as u32 + 1;
+        irq::wait_until(PROMPT_TICKS, || irq::count(vector) >= want);
         match receive(synic, ECHO_SINT) {
             Ok(Some(m))
                 if m.header.message_type == ECHO_MESSAGE_TYPE
@@ -388,6 +415,8 @@ pub fn signal_event<P: Platform>(hv: &Hypervisor<'_, P>, synic: &SynIc<'_, P>) {
 /// exactly one TIMER_EXPIRED message, not early, with the programmed expiry.
 pub fn stimer_oneshot<P: Platform>(p: &P, synic: &SynIc<'_, P>, clock: &ReferenceClock<'_, P>) {
     const DELTA: u64 = 200_000; // 20 ms in 100 ns units
+                                // Generous: catches unit errors (x10, x1000) without failing on a loaded host.
+    const MAX_LATENCY: u64 = 5_000_000; // 500 ms
     let timer = match SyntheticTimer::new(p, 0) {
         Ok(t) => t,
         Err(e) => return check!("stimer-oneshot", false, "{e}"),
@@ -417,7 +446,8 @@ pub fn stimer_oneshot<P: Platform>(p: &P, synic: &SynIc<'_, P>, clock: &Referenc
                     && t.expiration_time == expiry
                     && t.delivery_time >= expiry
                     && seen_at >= expiry
-                    && seen_at - start < 10 * DELTA
+                    && seen_at - expiry < MAX_LATENCY
+                    && t.delivery_time - expiry < MAX_LATENCY
                     && !second
                     && irqs == 1;
                 let (idx, exp, del) = (t.timer_index, t.expiration_time, t.delivery_time);
@@ -435,10 +465,10 @@ pub fn stimer_oneshot<P: Platform>(p: &P, synic: &SynIc<'_, P>, clock: &Referenc
     }
 }
 
-/// `stimer-periodic`: timer 1 in direct mode (APIC vector), period 20 ms;
+/// `stimer-periodic`: timer 1 in direct mode (APIC vector), period 50 ms;
 /// the handler stamps each expiry, converted to reference time here.
 pub fn stimer_periodic<P: Platform>(p: &P, info: &HvCpuidInfo, clock: &ReferenceClock<'_, P>) {
-    const PERIOD: u64 = 200_000; // 20 ms
+    const PERIOD: u64 = 500_000; // 50 ms
     const WANT: usize = 6;
     if !info.has_direct_timers() {
         return check!(
@@ -481,7 +511,7 @@ pub fn stimer_periodic<P: Platform>(p: &P, info: &HvCpuidInfo, clock: &Reference
     }
     // Stopped means stopped: no more expirations after stop().
     let after_stop = irq::count(irq::STIMER_VECTOR);
-    irq::wait_until(5, || false);
+    irq::wait_until(10, || false);
     let extra = irq::count(irq::STIMER_VECTOR) - after_stop;
 
     let mut min = u64::MAX;
@@ -499,9 +529,10 @@ pub fn stimer_periodic<P: Platform>(p: &P, info: &HvCpuidInfo, clock: &Reference
     let first = times[0].wrapping_sub(start);
     let ok = n == WANT
         && mean.abs_diff(PERIOD) * 10 <= PERIOD // mean within 10 %
-        && min * 4 >= PERIOD                     // never bunched below 25 %
-        && max <= 2 * PERIOD                     // never a missed beat
+        && min * 2 >= PERIOD                     // never bunched below 50 %
+        && max * 2 <= 3 * PERIOD                 // never a missed beat (150 %)
         && first >= PERIOD * 9 / 10
+        && first * 2 <= PERIOD * 3
         && extra == 0;
     check!(
         "stimer-periodic",
