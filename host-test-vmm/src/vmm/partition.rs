@@ -63,7 +63,12 @@ pub struct Partition {
 }
 
 fn open_kvm() -> Result<Kvm, VmmError> {
-    Kvm::new().map_err(|e| match e.errno() {
+    open_kvm_at(c"/dev/kvm")
+}
+
+/// Opens a KVM device node, mapping the errors a user can fix to their own variants.
+pub(crate) fn open_kvm_at(path: &std::ffi::CStr) -> Result<Kvm, VmmError> {
+    Kvm::new_with_path(path).map_err(|e| match e.errno() {
         libc::ENOENT | libc::ENODEV | libc::ENXIO => VmmError::NoKvm,
         libc::EACCES | libc::EPERM => VmmError::KvmPermission,
         _ => VmmError::KvmOpen(e),

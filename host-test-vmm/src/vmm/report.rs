@@ -241,7 +241,8 @@ pub fn build(inp: Inputs<'_>) -> Report {
         RunEnd::DebugExit { code, .. } => Some(code),
         _ => None,
     };
-    let passed = exit_code == Some(0) && checks.iter().all(|c| c.ok);
+    // A guest that reported a crash (CRASH_CTL) never passes, whatever it printed.
+    let passed = exit_code == Some(0) && checks.iter().all(|c| c.ok) && inp.crash.is_none();
     Report {
         checks,
         exits: Value::Object(exits),
@@ -350,6 +351,36 @@ mod tests {
             r.checks[0]
         );
         assert_eq!(r.checks[1].detail, "guest never reported it");
+    }
+
+    #[test]
+    fn a_reported_crash_fails_the_run() {
+        let mut inp = inputs(vec![
+            parse_check_line("hvkit-check: cpuid-detect ok x").unwrap()
+        ]);
+        inp.expected = &["cpuid-detect"];
+        assert!(build(inputs_clone(&inp)).passed);
+        inp.crash = Some(json!({"vp": 0}));
+        let r = build(inp);
+        assert!(!r.passed);
+        assert_eq!(
+            serde_json::from_str::<Value>(&r.to_json()).unwrap()["crash"]["vp"],
+            0
+        );
+    }
+
+    fn inputs_clone(i: &Inputs<'static>) -> Inputs<'static> {
+        Inputs {
+            expected: i.expected,
+            checks: i.checks.clone(),
+            exits: i.exits.clone(),
+            interrupts: i.interrupts.clone(),
+            hv_stats: i.hv_stats.clone(),
+            crash: i.crash.clone(),
+            eom_redeliveries: i.eom_redeliveries,
+            timer_expirations: i.timer_expirations,
+            end: i.end.clone(),
+        }
     }
 
     #[test]

@@ -697,3 +697,11 @@ fn guest_cpuid_has_hypervisor_bit_and_our_hv_leaf() {
         guest_cpuid(7).1
     );
 }
+
+#[test]
+fn missing_kvm_node_is_reported_as_no_kvm() {
+    let e =
+        partition::open_kvm_at(c"/nonexistent/kvm").expect_err("opening a missing node must fail");
+    assert!(matches!(e, VmmError::NoKvm), "{e}");
+    assert!(e.to_string().contains("/dev/kvm does not exist"), "{e}");
+}
