@@ -64,3 +64,16 @@ pub fn build_test_guest() -> Result<PathBuf, VmmError> {
             VmmError::Demo("cargo built the test guest but reported no executable".into())
         })
 }
+
+/// Builds (if needed) and runs the bundled test guest with `cpus` vCPUs, its
+/// serial output captured only, under `timeout`: the one-call boot test.
+pub fn run_test_guest(
+    cpus: u32,
+    timeout: std::time::Duration,
+) -> Result<super::RunOutcome, VmmError> {
+    let mut cfg = super::VmConfig::from_file(&build_test_guest()?)?;
+    cfg.cpus = cpus;
+    cfg.serial = super::SerialOutput::Null;
+    cfg.timeout = Some(timeout);
+    super::run(cfg)
+}
