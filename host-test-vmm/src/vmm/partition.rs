@@ -151,8 +151,9 @@ impl Partition {
                 memory_size: region.len(),
                 userspace_addr: host as u64,
             };
-            // SAFETY: the region is a live mmap owned by `mem`, which the partition keeps
-            // until after the VM fd (and with it the slot) is gone.
+            // SAFETY: the region is a live mmap of `region.len()` bytes owned by `mem` (and its
+            // clones); the partition drops its VM fd before `mem`, and every vCPU thread is
+            // joined before either, so KVM never touches the range after it is unmapped.
             unsafe { vm.set_user_memory_region(r) }
                 .map_err(VmmError::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         }
