@@ -3,11 +3,31 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU32, Ordering};
 
+/// Every check the guest reports, in run order (the names the VMM expects).
+pub const ALL_CHECKS: [&str; 11] = [
+    "cpuid-detect",
+    "guest-os-id",
+    "hypercall-page",
+    "reference-tsc",
+    "post-message",
+    "synic-message",
+    "synic-interrupt",
+    "eom-redelivery",
+    "signal-event",
+    "stimer-oneshot",
+    "stimer-periodic",
+];
+
 static PASSED: AtomicU32 = AtomicU32::new(0);
 static FAILED: AtomicU32 = AtomicU32::new(0);
+/// Bit i set: `ALL_CHECKS[i]` has printed its line.
+static REPORTED: AtomicU32 = AtomicU32::new(0);
 
 /// Prints one check line and counts it.
 pub fn check(name: &str, ok: bool, detail: fmt::Arguments<'_>) {
+    if let Some(i) = ALL_CHECKS.iter().position(|n| *n == name) {
+        REPORTED.fetch_or(1 << i, Ordering::Relaxed);
+    }
     if ok {
         PASSED.fetch_add(1, Ordering::Relaxed);
     } else {
@@ -17,6 +37,21 @@ pub fn check(name: &str, ok: bool, detail: fmt::Arguments<'_>) {
         "hvkit-check: {name} {} {detail}",
         if ok { "ok" } else { "fail" }
     );
+}
+
+/// Prints a failing line for every check that has not reported (an earlier
+/// step it depends on failed), so the VMM always sees all of them.
+pub fn fail_unreported() {
+    let reported = REPORTED.load(Ordering::Relaxed);
+    for (i, name) in ALL_CHECKS.iter().enumerate() {
+        if reported & (1 << i) == 0 {
+            check(
+                name,
+                false,
+                format_args!("not run: a step it depends on failed (see above)"),
+            );
+        }
+    }
 }
 
 /// (passed, failed) so far.
