@@ -17,17 +17,12 @@ pub const STIMER_VECTOR: u8 = 0x60;
 /// Ticks per second of the watchdog tick.
 pub const TICK_HZ: u64 = 100;
 
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO32: AtomicU32 = AtomicU32::new(0);
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO64: AtomicU64 = AtomicU64::new(0);
-
 /// Interrupts taken, by vector.
-static COUNTS: [AtomicU32; 256] = [ZERO32; 256];
+static COUNTS: [AtomicU32; 256] = [const { AtomicU32::new(0) }; 256];
 /// RDTSC at each direct-mode stimer interrupt (the first `STAMPS.len()`).
-static STAMPS: [AtomicU64; 16] = [ZERO64; 16];
+static STAMPS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 /// Message type found in SIM slot n when SINT n's handler ran (last seen).
-static SINT_SEEN_TYPE: [AtomicU32; 16] = [ZERO32; 16];
+static SINT_SEEN_TYPE: [AtomicU32; 16] = [const { AtomicU32::new(0) }; 16];
 /// Address of the SIM page once the SynIC is on (0 before).
 static SIMP_ADDR: AtomicUsize = AtomicUsize::new(0);
 
