@@ -158,7 +158,7 @@ pub fn synic_enable<'a, P: Platform>(p: &'a P) -> Result<SynIc<'a, P>, Error> {
 /// `reference-tsc`: enable the TSC page, check MSR readback and sequence,
 /// monotonic reads, agreement with TIME_REF_COUNT, and the rate against RDTSC
 /// at the TSC_FREQUENCY rate.
-pub fn reference_tsc<'a, P: Platform>(p: &'a P, tsc_hz: u64) -> Option<ReferenceClock<'a, P>> {
+pub fn reference_tsc<'a, P: Platform>(p: &'a P, tsc_hz: u64) -> ReferenceClock<'a, P> {
     let page = pages::tsc();
     let clock = ReferenceClock::with_tsc_page(p, page);
     let m = ReferenceTscMsr::from_bits(p.rdmsr(msr::REFERENCE_TSC));
@@ -205,7 +205,7 @@ pub fn reference_tsc<'a, P: Platform>(p: &'a P, tsc_hz: u64) -> Option<Reference
     let tsc_ns = if tsc_hz == 0 {
         0
     } else {
-        (u128::from(t1 - t0) * 1_000_000_000 / u128::from(tsc_hz)) as u64
+        (u128::from(t1.wrapping_sub(t0)) * 1_000_000_000 / u128::from(tsc_hz)) as u64
     };
     // parts per million of deviation
     let dev_ppm = if tsc_ns == 0 {
@@ -234,7 +234,7 @@ pub fn reference_tsc<'a, P: Platform>(p: &'a P, tsc_hz: u64) -> Option<Reference
         "msr={:#x} seq={seq} scale={scale:#x} offset={offset} tsc_hz={tsc_hz} backwards={backwards} invalid={invalid} page_msr_page=[{a},{r},{b}] ref_ns={ref_ns} tsc_ns={tsc_ns} dev_ppm={dev_ppm} apic_ticks_ms={tick_ms}",
         m.into_bits()
     );
-    Some(clock)
+    clock
 }
 
 /// Waits for the next message in `sint`'s slot and consumes it with the
@@ -522,7 +522,7 @@ pub fn stimer_periodic<P: Platform>(p: &P, info: &HvCpuidInfo, clock: &Reference
         max = max.max(d);
     }
     let mean = if n >= 2 {
-        (times[n - 1] - times[0]) / (n as u64 - 1)
+        times[n - 1].wrapping_sub(times[0]) / (n as u64 - 1)
     } else {
         0
     };

@@ -104,7 +104,7 @@ extern "C" fn guest_main(vp: u64, vcpus: u64, ram: u64) -> ! {
 fn run<P: Platform>(p: &P, info: &hypercall::cpuid::HvCpuidInfo, tsc_hz: u64) {
     let hv = checks::hypercall_init(p);
     let clock = if info.has_reference_tsc() {
-        checks::reference_tsc(p, tsc_hz)
+        Some(checks::reference_tsc(p, tsc_hz))
     } else {
         check!(
             "reference-tsc",
