@@ -8,5 +8,6 @@
 //! - [`vmm`]: KVM partition management (memory, vCPU threads, lifecycle, ELF
 //!   direct boot, serial console, debug-exit port) that routes guest exits
 //!   into [`hv`].
+pub mod bench;
 pub mod hv;
 pub mod vmm;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use host_test_vmm::bench;
 use host_test_vmm::vmm::{self, SerialOutput, VmConfig, VmmError};
 
 #[derive(Parser)]
@@ -33,6 +34,27 @@ enum Cmd {
     Demo {
         #[command(flatten)]
         common: Common,
+    },
+    /// Benchmarks on a real partition: print a table and write JSON.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Fast HvSignalEvent through the hypercall page vs a bare OUT exit.
+    Hypercall {
+        /// Operations per loop per round.
+        #[arg(long, default_value_t = 2000)]
+        iterations: u32,
+        /// Rounds (each runs both loops; the median round counts).
+        #[arg(long, default_value_t = 7)]
+        rounds: u32,
+        /// Where to write the JSON result.
+        #[arg(long, default_value = "target/bench/hypercall.json")]
+        json: PathBuf,
     },
 }
 
@@ -73,6 +95,21 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
     }
 }
 
+fn bench_hypercall(
+    iterations: u32,
+    rounds: u32,
+    json: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let report = bench::hypercall_round_trip(bench::HypercallBenchConfig { iterations, rounds })?;
+    print!("{}", report.to_table());
+    if let Some(dir) = json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(json, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("JSON written to {}", json.display());
+    Ok(())
+}
+
 fn run(kernel: &Path, c: Common) -> Result<bool, VmmError> {
     let mut cfg = VmConfig::from_file(kernel)?;
     cfg.cpus = c.cpus;
@@ -103,6 +140,22 @@ fn main() -> ExitCode {
         Cmd::Run { kernel, common } => run(&kernel, common),
         Cmd::Demo { common } => {
             vmm::guest_build::build_test_guest().and_then(|elf| run(&elf, common))
+        }
+        Cmd::Bench {
+            which:
+                BenchCmd::Hypercall {
+                    iterations,
+                    rounds,
+                    json,
+                },
+        } => {
+            return match bench_hypercall(iterations, rounds, &json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("host-test-vmm bench: {e}");
+                    ExitCode::from(2)
+                }
+            };
         }
     };
     match result {

@@ -1,0 +1,314 @@
+//! Boot tests: the bundled bare-metal test guest on `host-test-vmm` over KVM.
+//!
+//! Each report check is asserted on a healthy host, and then the host is
+//! broken on purpose, one behaviour at a time (a wrapper around the real
+//! Hyper-V emulation drops EOMs, loses an interrupt, lies about a frequency,
+//! ...), and the check that names that behaviour must fail. That is what
+//! makes the demo's checks real tests rather than self-reports.
+//!
+//! Without a usable `/dev/kvm` these tests fail, saying so: they never pass
+//! silently.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use host_test_vmm::hv;
+use host_test_vmm::vmm::hv_glue::{self, CpuidEntry, HvContext, HvPort, HvRegs};
+use host_test_vmm::vmm::{self, HvFactory, RunOutcome, SerialOutput, VmConfig, EXPECTED_CHECKS};
+use hypercall::msr;
+
+fn require_kvm() {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    assert!(
+        ok,
+        "/dev/kvm is missing or not accessible: boot tests need KVM (run as a user who can open /dev/kvm)"
+    );
+}
+
+/// The test guest ELF, built once per test binary (in its own target dir).
+fn guest_elf() -> &'static PathBuf {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        vmm::guest_build::build_test_guest()
+            .unwrap_or_else(|e| panic!("building the test guest: {e}"))
+    })
+}
+
+fn boot(cpus: u32, factory: Option<HvFactory>) -> RunOutcome {
+    require_kvm();
+    let mut cfg = VmConfig::from_file(guest_elf()).expect("read the test guest");
+    cfg.cpus = cpus;
+    cfg.serial = SerialOutput::Null;
+    cfg.timeout = Some(Duration::from_secs(120));
+    if let Some(f) = factory {
+        cfg.hv = f;
+    }
+    vmm::run(cfg).expect("the VMM runs the test guest")
+}
+
+fn check<'a>(out: &'a RunOutcome, name: &str) -> &'a vmm::report::CheckResult {
+    out.report
+        .checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("report has no check {name:?}:\n{}", out.serial))
+}
+
+#[test]
+fn every_check_passes_on_one_vcpu() {
+    let out = boot(1, None);
+    for name in EXPECTED_CHECKS {
+        let c = check(&out, name);
+        assert!(
+            c.ok,
+            "check {name} failed: {}\nserial:\n{}",
+            c.detail, out.serial
+        );
+    }
+    assert!(
+        out.passed(),
+        "run did not pass: {:?}\n{}",
+        out.end,
+        out.serial
+    );
+}
+
+#[test]
+fn every_check_passes_on_two_vcpus() {
+    let out = boot(2, None);
+    assert!(
+        out.passed(),
+        "run did not pass: {:?}\n{}",
+        out.end,
+        out.serial
+    );
+    let exits: serde_json::Value =
+        serde_json::from_str(&out.report.to_json()).expect("report JSON");
+    assert!(
+        exits["exits"].is_object(),
+        "report has exit counts: {exits}"
+    );
+}
+
+/// The real emulation behind a wrapper that breaks one behaviour.
+struct Faulty {
+    inner: Arc<hv::Hypervisor>,
+    fault: Fault,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    EomIgnored,
+    GuestOsIdReadbackCorrupt,
+    TscFrequencyTwoPercentHigh,
+    DirectTimersHidden,
+    PeriodHalved,
+    OneShotEarly,
+    UnknownCallSucceeds,
+    DropVector(u8),
+}
+
+impl HvPort for Faulty {
+    fn cpuid_leaves(&self) -> Vec<CpuidEntry> {
+        let mut leaves = HvPort::cpuid_leaves(&*self.inner);
+        if self.fault == Fault::DirectTimersHidden {
+            for l in leaves.iter_mut().filter(|l| l.function == 0x4000_0003) {
+                l.edx &= !(1 << 19);
+            }
+        }
+        leaves
+    }
+    fn msr_read(&self, vp: u32, m: u32) -> Option<u64> {
+        let v = HvPort::msr_read(&*self.inner, vp, m);
+        match (self.fault, m) {
+            (Fault::GuestOsIdReadbackCorrupt, msr::GUEST_OS_ID) => v.map(|v| v ^ 0x100),
+            (Fault::TscFrequencyTwoPercentHigh, msr::TSC_FREQUENCY) => v.map(|v| v / 100 * 102),
+            _ => v,
+        }
+    }
+    fn msr_write(&self, vp: u32, m: u32, value: u64) -> bool {
+        match (self.fault, m) {
+            (Fault::EomIgnored, msr::EOM) => true,
+            (Fault::PeriodHalved, m)
+                if msr::stimer_index(m).is_some_and(|(_, r)| r == msr::StimerReg::Count) =>
+            {
+                HvPort::msr_write(&*self.inner, vp, m, value / 2)
+            }
+            (Fault::OneShotEarly, msr::STIMER0_COUNT) => {
+                // 10 ms early in reference time.
+                HvPort::msr_write(&*self.inner, vp, m, value.saturating_sub(100_000))
+            }
+            _ => HvPort::msr_write(&*self.inner, vp, m, value),
+        }
+    }
+    fn hypercall(&self, vp: u32, regs: &mut HvRegs) {
+        if self.fault == Fault::UnknownCallSucceeds && regs.rcx & 0xFFFF == 0x7FFF {
+            regs.rax = 0;
+            return;
+        }
+        HvPort::hypercall(&*self.inner, vp, regs)
+    }
+    fn stats(&self) -> serde_json::Value {
+        HvPort::stats(&*self.inner)
+    }
+    fn crash(&self) -> Option<serde_json::Value> {
+        HvPort::crash(&*self.inner)
+    }
+    fn eom_redeliveries(&self) -> Option<u64> {
+        HvPort::eom_redeliveries(&*self.inner)
+    }
+    fn timer_expirations(&self) -> Option<u64> {
+        HvPort::timer_expirations(&*self.inner)
+    }
+    fn eoi_msr_granted(&self) -> bool {
+        HvPort::eoi_msr_granted(&*self.inner)
+    }
+    fn reset(&self) {
+        HvPort::reset(&*self.inner)
+    }
+    fn shutdown(&self) {
+        HvPort::shutdown(&*self.inner)
+    }
+}
+
+/// Loses every interrupt with one vector.
+struct DropVector {
+    inner: Arc<dyn hv::InterruptSink>,
+    vector: u8,
+}
+
+impl hv::InterruptSink for DropVector {
+    fn raise(&self, vp: u32, vector: u8) {
+        if vector != self.vector {
+            self.inner.raise(vp, vector);
+        }
+    }
+}
+
+fn faulty(fault: Fault) -> HvFactory {
+    Arc::new(move |ctx: HvContext| {
+        let cfg = hv::HvConfig {
+            vp_count: ctx.vp_count,
+            tsc_hz: ctx.tsc_hz,
+            features: hv::HvFeatures::default(),
+        };
+        let irq: Arc<dyn hv::InterruptSink> = match fault {
+            Fault::DropVector(vector) => Arc::new(DropVector {
+                inner: ctx.irq.clone(),
+                vector,
+            }),
+            _ => ctx.irq.clone(),
+        };
+        let h = hv::Hypervisor::new(cfg, ctx.mem, irq, ctx.tsc)
+            .map_err(|e| vmm::VmmError::Hv(e.to_string()))?;
+        h.install_test_services();
+        Ok(Arc::new(Faulty { inner: h, fault }) as Arc<dyn HvPort>)
+    })
+}
+
+/// Boots with `fault` and asserts that `must_fail` fails and the run fails.
+fn broken_host_fails(fault: Fault, must_fail: &str) {
+    let out = boot(1, Some(faulty(fault)));
+    let c = check(&out, must_fail);
+    assert!(
+        !c.ok,
+        "with {fault:?} the check {must_fail} still passed: {}",
+        c.detail
+    );
+    assert!(!out.passed(), "with {fault:?} the run still passed");
+}
+
+#[test]
+fn check_guest_os_id_fails_when_the_readback_is_wrong() {
+    broken_host_fails(Fault::GuestOsIdReadbackCorrupt, "guest-os-id");
+}
+
+#[test]
+fn check_hypercall_page_fails_when_unknown_calls_succeed() {
+    broken_host_fails(Fault::UnknownCallSucceeds, "hypercall-page");
+}
+
+#[test]
+fn check_eom_redelivery_fails_when_eom_is_ignored() {
+    broken_host_fails(Fault::EomIgnored, "eom-redelivery");
+}
+
+#[test]
+fn check_synic_interrupt_fails_when_the_sint_interrupt_is_lost() {
+    // Test guest: SINT n uses vector 0x50 + n; echo replies arrive on SINT2.
+    broken_host_fails(Fault::DropVector(0x52), "synic-interrupt");
+}
+
+#[test]
+fn check_signal_event_fails_when_the_event_interrupt_is_lost() {
+    broken_host_fails(Fault::DropVector(0x53), "signal-event");
+}
+
+#[test]
+fn check_reference_tsc_fails_when_the_frequency_is_wrong() {
+    broken_host_fails(Fault::TscFrequencyTwoPercentHigh, "reference-tsc");
+}
+
+#[test]
+fn check_stimer_oneshot_fails_when_it_fires_early() {
+    broken_host_fails(Fault::OneShotEarly, "stimer-oneshot");
+}
+
+#[test]
+fn check_stimer_oneshot_fails_when_the_timer_message_interrupt_is_lost() {
+    broken_host_fails(Fault::DropVector(0x51), "stimer-oneshot");
+}
+
+#[test]
+fn check_stimer_periodic_fails_when_the_period_is_wrong() {
+    broken_host_fails(Fault::PeriodHalved, "stimer-periodic");
+}
+
+#[test]
+fn check_stimer_periodic_fails_without_direct_mode() {
+    broken_host_fails(Fault::DirectTimersHidden, "stimer-periodic");
+}
+
+#[test]
+fn checks_fail_without_hyperv() {
+    let out = boot(1, Some(hv_glue::no_hyperv()));
+    assert!(!check(&out, "cpuid-detect").ok);
+    assert!(!out.passed());
+}
+
+#[test]
+fn checks_fail_without_the_host_test_services() {
+    let out = boot(1, Some(hv_glue::hyperv(hv::HvFeatures::default(), false)));
+    for name in [
+        "post-message",
+        "synic-message",
+        "eom-redelivery",
+        "signal-event",
+    ] {
+        assert!(
+            !check(&out, name).ok,
+            "{name} passed without the echo services"
+        );
+    }
+}
+
+/// Exit counts are stable on this machine even when times are not: one exit
+/// per bare OUT and one per hypercall, and every hypercall reaches its port.
+#[test]
+fn hypercall_benchmark_counts_one_exit_per_operation() {
+    require_kvm();
+    let r =
+        host_test_vmm::bench::hypercall_round_trip(host_test_vmm::bench::HypercallBenchConfig {
+            iterations: 200,
+            rounds: 3,
+        })
+        .expect("benchmark runs");
+    assert_eq!(r.bare_exit.exits_per_op, 1.0);
+    assert_eq!(r.hypercall.exits_per_op, 1.0);
+    assert!(r.ratio.is_finite() && r.ratio > 0.0);
+}
