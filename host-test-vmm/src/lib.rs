@@ -11,3 +11,4 @@
 pub mod bench;
 pub mod hv;
 pub mod vmm;
+pub mod vmbus;
