@@ -27,6 +27,9 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod channel;
+pub mod client;
+pub mod driver;
 pub mod guid;
 pub mod message;
 pub mod packet;

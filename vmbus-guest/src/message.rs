@@ -1047,40 +1047,78 @@ pub enum GpadlError {
 /// The most PFNs one single-range GPADL can have: (65535 - 8) / 8.
 pub const GPADL_MAX_PFNS: usize = 8190;
 
+/// Where a GPADL's page numbers come from: a slice of PFNs, or the guest's pages themselves.
+pub trait PfnSource {
+    /// The number of pages.
+    fn pfn_count(&self) -> usize;
+    /// Page `i`'s PFN (`i < pfn_count()`).
+    fn pfn(&self, i: usize) -> u64;
+}
+
+impl PfnSource for [u64] {
+    fn pfn_count(&self) -> usize {
+        self.len()
+    }
+    fn pfn(&self, i: usize) -> u64 {
+        self[i]
+    }
+}
+
+impl PfnSource for [hypercall::page::PageRef<'_>] {
+    fn pfn_count(&self) -> usize {
+        self.len()
+    }
+    fn pfn(&self, i: usize) -> u64 {
+        self[i].gpn()
+    }
+}
+
 /// The GPADL_HEADER and GPADL_BODY messages describing one buffer as a single range, as Linux
 /// sends them (fact sheet §5.3, §5.6): the header holds up to 26 PFNs, each body up to 28.
-#[derive(Debug, Clone)]
-pub struct GpadlMessages<'p> {
+#[derive(Clone)]
+pub struct GpadlMessages<'p, S: PfnSource + ?Sized = [u64]> {
     child_relid: u32,
     gpadl: u32,
     byte_offset: u32,
     byte_count: u32,
-    pfns: &'p [u64],
+    pfns: &'p S,
     next: usize,
     header_sent: bool,
 }
 
-impl<'p> GpadlMessages<'p> {
+impl<S: PfnSource + ?Sized> core::fmt::Debug for GpadlMessages<'_, S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GpadlMessages")
+            .field("child_relid", &self.child_relid)
+            .field("gpadl", &self.gpadl)
+            .field("pfns", &self.pfns.pfn_count())
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl<'p, S: PfnSource + ?Sized> GpadlMessages<'p, S> {
     /// The messages for `byte_count` bytes starting `byte_offset` into the first of `pfns`.
     pub fn new(
         child_relid: u32,
         gpadl: u32,
         byte_offset: u32,
         byte_count: u32,
-        pfns: &'p [u64],
+        pfns: &'p S,
     ) -> Result<Self, GpadlError> {
-        if pfns.is_empty() || byte_count == 0 || byte_offset >= 4096 {
+        let count = pfns.pfn_count();
+        if count == 0 || byte_count == 0 || byte_offset >= 4096 {
             return Err(GpadlError::Empty);
         }
         let needed = (byte_offset as usize + byte_count as usize).div_ceil(4096);
-        if needed != pfns.len() {
+        if needed != count {
             return Err(GpadlError::PfnCountMismatch {
-                given: pfns.len(),
+                given: count,
                 needed,
             });
         }
-        if pfns.len() > GPADL_MAX_PFNS {
-            return Err(GpadlError::TooManyPfns(pfns.len()));
+        if count > GPADL_MAX_PFNS {
+            return Err(GpadlError::TooManyPfns(count));
         }
         Ok(Self {
             child_relid,
@@ -1095,41 +1133,38 @@ impl<'p> GpadlMessages<'p> {
 
     /// The total number of messages (header plus bodies).
     pub fn message_count(&self) -> usize {
-        let rest = self.pfns.len().saturating_sub(GPADL_HEADER_MAX_PFNS);
+        let rest = self.pfns.pfn_count().saturating_sub(GPADL_HEADER_MAX_PFNS);
         1 + rest.div_ceil(GPADL_BODY_MAX_PFNS)
     }
 }
 
-impl Iterator for GpadlMessages<'_> {
+impl<S: PfnSource + ?Sized> Iterator for GpadlMessages<'_, S> {
     type Item = MessageBuf;
 
     fn next(&mut self) -> Option<MessageBuf> {
+        let count = self.pfns.pfn_count();
         let mut b = MessageBuf::empty();
+        // Sizes are bounded by the constants above, so the pushes cannot fail.
         if !self.header_sent {
             self.header_sent = true;
-            let header = GpadlHeader::new(
-                self.child_relid,
-                self.gpadl,
-                (8 + 8 * self.pfns.len()) as u16,
-                1,
-            );
-            let n = self.pfns.len().min(GPADL_HEADER_MAX_PFNS);
+            let header = GpadlHeader::new(self.child_relid, self.gpadl, (8 + 8 * count) as u16, 1);
+            let n = count.min(GPADL_HEADER_MAX_PFNS);
             let _ = b.push(header.as_bytes());
             let _ = b.push(&self.byte_count.to_le_bytes());
             let _ = b.push(&self.byte_offset.to_le_bytes());
-            for pfn in &self.pfns[..n] {
-                let _ = b.push(&pfn.to_le_bytes());
+            for i in 0..n {
+                let _ = b.push(&self.pfns.pfn(i).to_le_bytes());
             }
             self.next = n;
             return Some(b);
         }
-        if self.next >= self.pfns.len() {
+        if self.next >= count {
             return None;
         }
-        let n = (self.pfns.len() - self.next).min(GPADL_BODY_MAX_PFNS);
+        let n = (count - self.next).min(GPADL_BODY_MAX_PFNS);
         let _ = b.push(GpadlBody::new(0, self.gpadl).as_bytes());
-        for pfn in &self.pfns[self.next..self.next + n] {
-            let _ = b.push(&pfn.to_le_bytes());
+        for i in self.next..self.next + n {
+            let _ = b.push(&self.pfns.pfn(i).to_le_bytes());
         }
         self.next += n;
         Some(b)

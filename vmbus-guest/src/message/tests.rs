@@ -204,12 +204,12 @@ fn small_layouts() {
 #[test]
 fn gpadl_messages() {
     let pfns: Vec<u64> = (0x100..0x100 + 60).collect();
-    let msgs: Vec<MessageBuf> = GpadlMessages::new(5, FIRST_GPADL_HANDLE, 0, 60 * 4096, &pfns)
+    let msgs: Vec<MessageBuf> = GpadlMessages::new(5, FIRST_GPADL_HANDLE, 0, 60 * 4096, &pfns[..])
         .unwrap()
         .collect();
     assert_eq!(msgs.len(), 3);
     assert_eq!(
-        GpadlMessages::new(5, 1, 0, 60 * 4096, &pfns)
+        GpadlMessages::new(5, 1, 0, 60 * 4096, &pfns[..])
             .unwrap()
             .message_count(),
         3
