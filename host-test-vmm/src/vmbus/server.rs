@@ -362,7 +362,7 @@ impl Inner {
             ChannelMessage::RequestOffers => self.request_offers(st),
             ChannelMessage::GpadlHeader { header, ranges } => {
                 let relid = header.child_relid;
-                if !st.channels.get(&relid).is_some_and(|c| !c.rescinded) {
+                if st.channels.get(&relid).is_none_or(|c| c.rescinded) {
                     self.reject("GPADL for an unknown channel", &relid);
                     self.gpadl_created(&conn, relid, header.gpadl, STATUS_FAILURE);
                     return;
