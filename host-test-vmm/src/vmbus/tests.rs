@@ -818,3 +818,126 @@ proptest! {
         g.server.shutdown();
     }
 }
+
+/// The real guest side: `vmbus_guest`'s driver (client + rings) over the
+/// `hypercall` crate's drivers, through the in-process platform, against
+/// this server and the echo device.
+#[test]
+fn vmbus_guest_driver_end_to_end() {
+    use hypercall::hv::{SintConfig, SynIc};
+    use hypercall::msr::GuestOsId;
+    use vmbus_guest::channel::Received;
+    use vmbus_guest::client::{ClientConfig, Event};
+    use vmbus_guest::driver::VmBus;
+    const POLLS: u64 = 1_000;
+
+    let p = InProcess::new(1, RAM).unwrap();
+    let server = VmbusServer::new(Arc::clone(p.hv()), VmbusOptions::default()).unwrap();
+    server.add_device(Box::new(EchoVsp::new(0))).unwrap();
+    let vp0 = p.vp(0);
+    let hc = hypercall::hv::Hypervisor::init(
+        &vp0,
+        GuestOsId::linux(6, 12, 117),
+        p.page(0x1000).unwrap(),
+    )
+    .unwrap();
+    let synic = SynIc::enable(
+        &vp0,
+        p.page(SIMP[0]).unwrap(),
+        p.page(SIEFP[0]).unwrap(),
+        &[(VMBUS_SINT, SintConfig::interrupt(VECTOR))],
+    )
+    .unwrap();
+    let config = ClientConfig {
+        monitor_page1: 0x7000,
+        monitor_page2: 0x8000,
+        ..ClientConfig::default()
+    };
+    let mut bus: VmBus<'_, _> = VmBus::new(&hc, &synic, p.page(INPUT).unwrap(), config);
+    assert_eq!(bus.connect(POLLS).unwrap(), Version::WIN10_V5_3);
+    bus.wait_offers(POLLS).unwrap();
+    let relid = bus.client().find_channel(&ECHO_CLASS_ID).unwrap().relid();
+    let pages: Vec<_> = (0..8u64)
+        .map(|i| p.page(0x10_0000 + i * 0x3000).unwrap())
+        .collect();
+    let (mut ch, _gpadl) = bus
+        .open_channel(relid, &pages, 4, 0, [0; 120], POLLS)
+        .unwrap();
+    let mut buf = vec![0u8; 4 * 4096];
+    for size in [0usize, 1, 100, 1000, 3000, 5000, 6000, 2500, 777] {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
+        let (tid, sig) = ch.send_request(&[&payload]).unwrap();
+        bus.signal_if(ch.connection_id(), sig).unwrap();
+        let (mut got_echo, mut got_comp) = (false, false);
+        let end = Instant::now() + WAIT;
+        while !(got_echo && got_comp) {
+            assert!(Instant::now() < end, "no echo for {size} bytes");
+            match ch.recv(&mut buf).unwrap() {
+                Some(Received::Packet(v)) => {
+                    assert_eq!(v.transaction_id(), tid);
+                    assert!(v.payload() == padded(&payload));
+                    got_echo = true;
+                }
+                Some(Received::Completion { transaction_id, .. }) => {
+                    assert_eq!(transaction_id, tid);
+                    assert!(got_echo, "completion before the echo");
+                    got_comp = true;
+                }
+                None => std::thread::sleep(Duration::from_micros(50)),
+            }
+            let sig = ch.commit_reads().unwrap();
+            bus.signal_if(ch.connection_id(), sig).unwrap();
+        }
+    }
+    // The host signalled through SINT2's event flags.
+    let mut signalled = Vec::new();
+    bus.take_channel_interrupts(|r| signalled.push(r)).unwrap();
+    assert_eq!(signalled, vec![relid]);
+    // ModifyChannel (5.3: answered).
+    bus.client_mut().modify_channel(relid, 0).unwrap();
+    let e = bus
+        .wait(POLLS, |e| matches!(e, Event::ModifyChannelResponse { .. }))
+        .unwrap();
+    assert_eq!(e, Event::ModifyChannelResponse { relid, status: 0 });
+    // Close (waits for the ring GPADL's teardown), reopen, then rescind: the
+    // client closes, tears down and releases on its own.
+    bus.close_channel(relid, POLLS).unwrap();
+    let (_ch, _) = bus
+        .open_channel(relid, &pages, 4, 0, [0; 120], POLLS)
+        .unwrap();
+    server.rescind(relid).unwrap();
+    let e = bus
+        .wait(POLLS, |e| matches!(e, Event::Rescinded { .. }))
+        .unwrap();
+    assert_eq!(
+        e,
+        Event::Rescinded {
+            relid,
+            was_open: true
+        }
+    );
+    bus.wait(POLLS, |e| matches!(e, Event::GpadlTorndown { .. }))
+        .unwrap();
+    for _ in 0..10 {
+        let _ = bus.poll().unwrap();
+    }
+    assert!(server.channels().is_empty(), "relid not released");
+    // Hot-add is offered to the connected client; then unload.
+    let r2 = server.add_device(Box::new(EchoVsp::new(3))).unwrap();
+    let e = bus
+        .wait(POLLS, |e| matches!(e, Event::Offer { .. }))
+        .unwrap();
+    assert_eq!(
+        e,
+        Event::Offer {
+            relid: r2,
+            subchannel_of: None
+        }
+    );
+    bus.unload(POLLS).unwrap();
+    assert_eq!(server.version(), None);
+    assert_eq!(server.monitor_pages(), None);
+    let s = server.stats();
+    assert_eq!(s.messages_rejected, 0, "{s:#?}");
+    assert_eq!(s.rescinds_sent, 1);
+}
