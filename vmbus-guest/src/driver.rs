@@ -330,3 +330,6 @@ impl<'a, P: Platform, const C: usize, const G: usize, const O: usize> VmBus<'a, 
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,434 @@
+//! The driver against a scripted VMBus host living behind the `Platform` (its hypercall and MSR
+//! hooks), over real page memory: the full guest flow end to end.
+extern crate std;
+use super::*;
+use crate::channel::Received;
+use crate::guid::class;
+use crate::message::{
+    ChannelMessage, GpadlCreated, GpadlTorndown, MessageBuf, OfferChannel, OpenResult,
+    RescindChannelOffer, VersionResponse,
+};
+use crate::ring::{OutgoingPacket, RingReceiver, RingSender};
+use core::cell::RefCell;
+use hypercall::abi::{CallCode, Control, HypercallResult, PostMessageInput, SignalEventInput};
+use hypercall::cpuid::CpuidResult;
+use hypercall::hv::SintConfig;
+use hypercall::msr::{self, GuestOsId};
+use hypercall::page::Page;
+use hypercall::synic::{slot_offset, HvMessage};
+use hypercall::testing::ScriptedPlatform;
+use std::boxed::Box;
+use std::collections::VecDeque;
+use std::vec::Vec;
+use zerocopy::{FromBytes, IntoBytes};
+
+fn leak_page(gpa: u64) -> PageRef<'static> {
+    PageRef::new(Box::leak(Box::new(Page::new())).words(), gpa).unwrap()
+}
+
+#[derive(Default)]
+struct Model {
+    max_version: Version,
+    reject_connection_4: bool,
+    silent: bool,
+    offers: Vec<OfferChannel>,
+    queue: VecDeque<MessageBuf>,
+    posted: Vec<(u32, Vec<u8>)>,
+    signals: Vec<u32>,
+    gpadl_pfns: Vec<(u32, Vec<u64>)>,
+    /// (handle, relid, pfns expected, pfns so far)
+    gpadl_in_progress: Option<(u32, u32, usize, Vec<u64>)>,
+}
+
+struct TestHost {
+    inner: ScriptedPlatform,
+    simp: PageRef<'static>,
+    input: PageRef<'static>,
+    model: RefCell<Model>,
+}
+
+const MSG_CONN: u32 = 0x55;
+
+impl TestHost {
+    fn new(max_version: Version) -> Self {
+        Self {
+            inner: ScriptedPlatform::default(),
+            simp: leak_page(0x10_1000),
+            input: leak_page(0x10_3000),
+            model: RefCell::new(Model {
+                max_version,
+                offers: std::vec![
+                    OfferChannel::new(class::SCSI, class::IDE, 1, 0x2001, 0),
+                    OfferChannel::new(class::NETWORK, class::KVP, 2, 0x2002, 0),
+                ],
+                ..Model::default()
+            }),
+        }
+    }
+
+    fn push(&self, m: MessageBuf) {
+        self.model.borrow_mut().queue.push_back(m);
+        self.deliver();
+    }
+
+    /// Puts the next queued message into SINT2's slot if it is free, with MessagePending when
+    /// more wait (fact sheet §4.3).
+    fn deliver(&self) {
+        let slot = slot_offset(2);
+        if self.simp.load_u32(slot) != 0 {
+            // Busy: flag MessagePending in the occupying message so the guest writes EOM.
+            if !self.model.borrow().queue.is_empty() {
+                self.simp.fetch_or_u64(slot, 1 << 40);
+            }
+            return;
+        }
+        let mut model = self.model.borrow_mut();
+        let Some(m) = model.queue.pop_front() else {
+            return;
+        };
+        let mut msg = HvMessage::new(MessageType::VMBUS, m.as_bytes()).unwrap();
+        msg.header
+            .message_flags
+            .set_message_pending(!model.queue.is_empty());
+        self.simp.write_bytes(slot, msg.as_bytes());
+    }
+
+    fn on_post(&self, input: &PostMessageInput) -> HvStatus {
+        let mut model = self.model.borrow_mut();
+        let payload = input.payload().to_vec();
+        model.posted.push((input.connection_id, payload.clone()));
+        if model.reject_connection_4 && input.connection_id == 4 {
+            return HvStatus::INVALID_CONNECTION_ID;
+        }
+        if model.silent {
+            return HvStatus::SUCCESS;
+        }
+        let reply = |model: &mut Model, m: MessageBuf| model.queue.push_back(m);
+        match ChannelMessage::parse(&payload).unwrap() {
+            ChannelMessage::InitiateContact(ic) => {
+                let v = ic.version_requested;
+                let ok = v <= model.max_version;
+                let conn = if v.uses_msg_conn_id() { MSG_CONN } else { 0 };
+                reply(
+                    &mut model,
+                    MessageBuf::fixed(&VersionResponse::new(ok, 0, conn)),
+                );
+            }
+            ChannelMessage::RequestOffers => {
+                for o in model.offers.clone() {
+                    reply(&mut model, MessageBuf::fixed(&o));
+                }
+                reply(
+                    &mut model,
+                    MessageBuf::header_only(ChannelMessageType::ALL_OFFERS_DELIVERED),
+                );
+            }
+            ChannelMessage::GpadlHeader { header, ranges } => {
+                let total = header.total_pfns().unwrap();
+                let pfns: Vec<u64> = ranges[8..]
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                model.gpadl_in_progress = Some((header.gpadl, header.child_relid, total, pfns));
+            }
+            ChannelMessage::GpadlBody { body, pfns } => {
+                let g = model.gpadl_in_progress.as_mut().unwrap();
+                assert_eq!(g.0, body.gpadl);
+                g.3.extend(pfns.iter());
+            }
+            ChannelMessage::OpenChannel(o) => {
+                reply(
+                    &mut model,
+                    MessageBuf::fixed(&OpenResult::new(o.child_relid, o.open_id, 0)),
+                );
+            }
+            ChannelMessage::GpadlTeardown(t) => {
+                reply(&mut model, MessageBuf::fixed(&GpadlTorndown::new(t.gpadl)));
+            }
+            ChannelMessage::Unload => {
+                reply(
+                    &mut model,
+                    MessageBuf::header_only(ChannelMessageType::UNLOAD_RESPONSE),
+                );
+            }
+            _ => {}
+        }
+        if let Some((handle, relid, total, pfns)) = model.gpadl_in_progress.take() {
+            if pfns.len() == total {
+                reply(
+                    &mut model,
+                    MessageBuf::fixed(&GpadlCreated::new(relid, handle, 0)),
+                );
+                model.gpadl_pfns.push((handle, pfns));
+            } else {
+                model.gpadl_in_progress = Some((handle, relid, total, pfns));
+            }
+        }
+        HvStatus::SUCCESS
+    }
+
+    fn posted_types(&self) -> Vec<(u32, ChannelMessageType)> {
+        self.model
+            .borrow()
+            .posted
+            .iter()
+            .map(|(c, p)| (*c, ChannelMessage::parse(p).unwrap().msgtype()))
+            .collect()
+    }
+}
+
+impl Platform for TestHost {
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
+        self.inner.cpuid(leaf, subleaf)
+    }
+    fn rdmsr(&self, msr: u32) -> u64 {
+        self.inner.rdmsr(msr)
+    }
+    fn wrmsr(&self, msr: u32, value: u64) {
+        self.inner.wrmsr(msr, value);
+        if msr == msr::EOM {
+            self.deliver();
+        }
+    }
+    fn rdtsc(&self) -> u64 {
+        self.inner.rdtsc()
+    }
+    fn hypercall(&self, _page: &PageRef<'_>, control: u64, rdx: u64, _r8: u64) -> u64 {
+        let control = Control::from_bits(control);
+        let status = match control.call_code() {
+            CallCode::POST_MESSAGE => {
+                assert_eq!(rdx, self.input.gpa());
+                let mut bytes = [0u8; 256];
+                self.input.read_bytes(0, &mut bytes);
+                self.on_post(&PostMessageInput::read_from_bytes(&bytes).unwrap())
+            }
+            CallCode::SIGNAL_EVENT => {
+                let s = SignalEventInput::from_fast(rdx);
+                self.model.borrow_mut().signals.push(s.connection_id);
+                HvStatus::SUCCESS
+            }
+            _ => HvStatus::INVALID_HYPERCALL_CODE,
+        };
+        self.deliver();
+        HypercallResult::with(status, 0).into_bits()
+    }
+}
+
+struct Guest {
+    host: &'static TestHost,
+    hv: &'static Hypervisor<'static, TestHost>,
+    synic: &'static SynIc<'static, TestHost>,
+}
+
+fn guest(max_version: Version) -> Guest {
+    let host: &'static TestHost = Box::leak(Box::new(TestHost::new(max_version)));
+    let hv = Hypervisor::init(
+        host,
+        GuestOsId::open_source_id(0x7F, 1, 0),
+        leak_page(0x10_0000),
+    )
+    .unwrap();
+    let synic = SynIc::enable(
+        host,
+        host.simp,
+        leak_page(0x10_2000),
+        &[(2, SintConfig::polled(0xF3))],
+    )
+    .unwrap();
+    Guest {
+        host,
+        hv: Box::leak(Box::new(hv)),
+        synic: Box::leak(Box::new(synic)),
+    }
+}
+
+fn ring_pages(n: usize) -> &'static [PageRef<'static>] {
+    let v: Vec<PageRef<'static>> = (0..n)
+        .map(|i| leak_page(0x20_0000 + i as u64 * 4096))
+        .collect();
+    Box::leak(v.into_boxed_slice())
+}
+
+// The whole flow: connect with fallback (5.3 refused), offers, GPADL, open, request/completion
+// through the rings with signals, channel interrupts, close, unload.
+#[test]
+fn full_flow() {
+    let g = guest(Version::WIN10_V5_2);
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    assert_eq!(bus.connect(100), Ok(Version::WIN10_V5_2));
+    bus.wait_offers(100).unwrap();
+    assert_eq!(bus.client().channels().len(), 2);
+    assert_eq!(
+        g.host.posted_types(),
+        [
+            (4, ChannelMessageType::INITIATE_CONTACT),
+            (4, ChannelMessageType::INITIATE_CONTACT),
+            (MSG_CONN, ChannelMessageType::REQUEST_OFFERS),
+        ]
+    );
+
+    // 40 pages: the GPADL takes a header and a body message.
+    let pages = ring_pages(40);
+    let (mut ch, ring) = bus.open_channel(1, pages, 20, 0, [0; 120], 100).unwrap();
+    assert_eq!(ring, 0xE1E10);
+    let expect_pfns: Vec<u64> = pages.iter().map(|p| p.gpn()).collect();
+    assert_eq!(g.host.model.borrow().gpadl_pfns, [(ring, expect_pfns)]);
+    let posted = g.host.model.borrow().posted.clone();
+    let ChannelMessage::OpenChannel(o) = ChannelMessage::parse(&posted.last().unwrap().1).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((o.downstream_ring_page_offset, o.ring_gpadl), (20, ring));
+    assert_eq!(ch.connection_id(), 0x2001);
+
+    // Guest -> host request.
+    let (tid, sig) = ch.send_request(&[b"ping"]).unwrap();
+    assert_eq!(tid, 1);
+    bus.signal_if(ch.connection_id(), sig).unwrap();
+    assert_eq!(g.host.model.borrow().signals, [0x2001]);
+    // The host side of the same rings (its view: it reads our outbound, writes our inbound).
+    let out_ring = PageRefRing::new(&pages[..20]).unwrap();
+    let in_ring = PageRefRing::new(&pages[20..]).unwrap();
+    let mut host_rx = RingReceiver::new(out_ring).unwrap();
+    let mut host_tx = RingSender::new(in_ring).unwrap();
+    let mut buf = [0u8; 256];
+    let p = host_rx.try_read_packet(&mut buf).unwrap().unwrap();
+    assert_eq!(&p.payload()[..4], b"ping");
+    assert!(p.descriptor().completion_requested());
+    let host_tid = p.transaction_id();
+    let _ = host_rx.commit().unwrap();
+    let sig = host_tx
+        .try_write(&OutgoingPacket::completion(host_tid, &[b"pong"]))
+        .unwrap();
+    assert!(sig.needed());
+    // The host signals through SIEF slot 2, bit relid.
+    g.synic.siefp().fetch_or_u64(slot_offset(2), 1 << 1);
+    let mut seen = Vec::new();
+    assert_eq!(bus.take_channel_interrupts(|r| seen.push(r)), Ok(1));
+    assert_eq!(seen, [1]);
+    let mut rbuf = [0u8; 256];
+    match ch.recv(&mut rbuf).unwrap().unwrap() {
+        Received::Completion {
+            transaction_id,
+            packet,
+        } => {
+            assert_eq!(transaction_id, tid);
+            assert_eq!(&packet.payload()[..4], b"pong");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(ch.pending().is_empty());
+    let _ = ch.commit_reads().unwrap();
+    // A completion nobody asked for is an error (the packet is consumed).
+    let _ = host_tx
+        .try_write(&OutgoingPacket::completion(77, &[]))
+        .unwrap();
+    assert_eq!(
+        ch.recv(&mut rbuf),
+        Err(ChannelError::UnknownTransaction(77))
+    );
+    assert_eq!(ch.recv(&mut rbuf), Ok(None));
+
+    bus.close_channel(1, 100).unwrap();
+    let types = g.host.posted_types();
+    let n = types.len();
+    assert_eq!(
+        &types[n - 2..],
+        [
+            (MSG_CONN, ChannelMessageType::CLOSE_CHANNEL),
+            (MSG_CONN, ChannelMessageType::GPADL_TEARDOWN)
+        ]
+    );
+    bus.unload(100).unwrap();
+    assert_eq!(
+        bus.client().state(),
+        crate::client::ConnectionState::Disconnected
+    );
+    // Reconnect after unload (kexec).
+    assert_eq!(bus.connect(100), Ok(Version::WIN10_V5_2));
+}
+
+// fact sheet §5.5: HvPostMessage INVALID_CONNECTION_ID on connection 4 skips every 5.x version;
+// 4.1 goes to connection 1.
+#[test]
+fn connection_4_rejected() {
+    let g = guest(Version::WIN10_V5_3);
+    g.host.model.borrow_mut().reject_connection_4 = true;
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    assert_eq!(bus.connect(100), Ok(Version::WIN10_V4_1));
+    let types = g.host.posted_types();
+    assert_eq!(types.iter().filter(|t| t.0 == 4).count(), 4);
+    assert_eq!(types[4], (1, ChannelMessageType::INITIATE_CONTACT));
+    assert_eq!(types[5], (1, ChannelMessageType::REQUEST_OFFERS));
+}
+
+#[test]
+fn silent_host_times_out() {
+    let g = guest(Version::WIN10_V5_3);
+    g.host.model.borrow_mut().silent = true;
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    assert_eq!(bus.connect(50), Err(DriverError::Timeout));
+}
+
+#[test]
+fn refused_everywhere() {
+    let g = guest(Version::new(1, 0));
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    assert_eq!(bus.connect(100), Err(DriverError::ConnectFailed));
+    assert_eq!(g.host.posted_types().len(), Version::LINUX_ORDER.len());
+}
+
+// Rescind while open through the driver: close, teardown, then RELID_RELEASED; a garbage
+// message from the host is an error and polling continues.
+#[test]
+fn rescind_and_garbage() {
+    let g = guest(Version::WIN10_V5_3);
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    bus.connect(100).unwrap();
+    bus.wait_offers(100).unwrap();
+    let pages = ring_pages(4);
+    let (_ch, _ring) = bus.open_channel(2, pages, 2, 0, [0; 120], 100).unwrap();
+    g.host
+        .push(MessageBuf::from_bytes(&[99, 0, 0, 0, 0, 0, 0, 0]).unwrap());
+    g.host.push(MessageBuf::fixed(&RescindChannelOffer::new(2)));
+    assert!(matches!(
+        bus.poll(),
+        Err(DriverError::Client(ClientError::Parse(_)))
+    ));
+    assert_eq!(
+        bus.poll(),
+        Ok(Some(Polled::Event(Event::Rescinded {
+            relid: 2,
+            was_open: true
+        })))
+    );
+    // The close and teardown went out; the host's GPADL_TORNDOWN leads to RELID_RELEASED.
+    assert!(matches!(
+        bus.poll(),
+        Ok(Some(Polled::Event(Event::GpadlTorndown { relid: 2, .. })))
+    ));
+    bus.flush().unwrap();
+    let types = g.host.posted_types();
+    let n = types.len();
+    assert_eq!(
+        types[n - 3..].iter().map(|t| t.1).collect::<Vec<_>>(),
+        [
+            ChannelMessageType::CLOSE_CHANNEL,
+            ChannelMessageType::GPADL_TEARDOWN,
+            ChannelMessageType::RELID_RELEASED
+        ]
+    );
+    assert!(bus.client().channel(2).is_none());
+    // A non-VMBus message in the slot is handed back.
+    let timer = HvMessage::new(MessageType::TIMER_EXPIRED, &[0; 24]).unwrap();
+    g.synic.simp().write_bytes(slot_offset(2), timer.as_bytes());
+    assert!(
+        matches!(bus.poll(), Ok(Some(Polled::Foreign(m))) if m.header.message_type == MessageType::TIMER_EXPIRED)
+    );
+    assert_eq!(bus.poll(), Ok(None));
+}
