@@ -25,6 +25,8 @@ pub(crate) struct InRing {
     /// The packet the device could not answer yet (already taken from the
     /// ring; handed to the device again before anything newer).
     pub held: Option<Vec<u8>>,
+    /// Packet buffer (a packet is at most the ring's data size).
+    pub buf: Vec<u8>,
 }
 
 /// The send side of an open channel.
@@ -83,6 +85,7 @@ impl ChannelRt {
             broken: false,
             blocked: false,
             held: None,
+            buf: Vec::new(),
         });
         *lock(&self.outgoing) = Some(OutRing {
             ring: rings.outgoing,

@@ -20,6 +20,9 @@ const RANGE_HEADER_BYTES: usize = 8;
 pub const MAX_GPADLS: usize = 1024;
 /// GPADLs that may be half-assembled at the same time.
 pub const MAX_PENDING_GPADLS: usize = 64;
+/// PFNs all created GPADLs of a connection may hold together (4 GiB of
+/// guest memory described, 8 MiB of host memory for the lists).
+pub const MAX_TOTAL_PFNS: usize = 1 << 20;
 
 /// Why a GPADL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +153,8 @@ struct Pending {
 pub struct GpadlTable {
     pending: HashMap<u32, Pending>,
     created: HashMap<u32, Gpadl>,
+    /// PFNs held by `created`.
+    total_pfns: usize,
 }
 
 /// What a GPADL message led to.
@@ -268,11 +273,16 @@ impl GpadlTable {
             return Ok(Progress::NeedMore);
         }
         let ranges = parse_ranges(handle, &p.buf, p.range_count)?;
+        let pfns: usize = ranges.iter().map(|r| r.pfns.len()).sum();
+        if self.total_pfns + pfns > MAX_TOTAL_PFNS {
+            return Err(GpadlError::TooMany);
+        }
         for r in &ranges {
             if let Some(&pfn) = r.pfns.iter().find(|&&pfn| !pfn_in_ram(mem, pfn)) {
                 return Err(GpadlError::PfnOutsideRam { handle, pfn });
             }
         }
+        self.total_pfns += pfns;
         self.created.insert(
             handle,
             Gpadl {
@@ -286,9 +296,12 @@ impl GpadlTable {
 
     /// Remove a created GPADL (GpadlTeardown).
     pub fn remove(&mut self, handle: u32) -> Result<Gpadl, GpadlError> {
-        self.created
+        let g = self
+            .created
             .remove(&handle)
-            .ok_or(GpadlError::Unknown(handle))
+            .ok_or(GpadlError::Unknown(handle))?;
+        self.total_pfns -= pfn_count(&g);
+        Ok(g)
     }
 
     /// Drop a half-assembled GPADL; whether there was one.
@@ -298,7 +311,15 @@ impl GpadlTable {
 
     /// Drop every GPADL (created and pending) of channel `relid`.
     pub fn remove_channel(&mut self, relid: u32) {
-        self.created.retain(|_, g| g.relid != relid);
+        let mut freed = 0;
+        self.created.retain(|_, g| {
+            let keep = g.relid != relid;
+            if !keep {
+                freed += pfn_count(g);
+            }
+            keep
+        });
+        self.total_pfns -= freed;
         self.pending.retain(|_, p| p.relid != relid);
     }
 
@@ -306,7 +327,12 @@ impl GpadlTable {
     pub fn clear(&mut self) {
         self.pending.clear();
         self.created.clear();
+        self.total_pfns = 0;
     }
+}
+
+fn pfn_count(g: &Gpadl) -> usize {
+    g.ranges.iter().map(|r| r.pfns.len()).sum()
 }
 
 fn malformed(handle: u32, why: &'static str) -> GpadlError {
@@ -481,5 +507,28 @@ mod tests {
         assert_eq!(t.remove(1).unwrap().relid, 2);
         assert_eq!(t.remove(1), Err(GpadlError::Unknown(1)));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn total_pfn_budget() {
+        // 1 GiB of RAM; GPADLs of 8190 pages (the u16 range_buflen limit)
+        // over the same pages until the budget is spent.
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 30)]).unwrap();
+        let mut t = GpadlTable::default();
+        let pfns: Vec<u64> = (0..8190).collect();
+        let r = range(8190 * 4096, 0, &pfns);
+        let fit = MAX_TOTAL_PFNS / 8190;
+        for h in 1..=fit as u32 {
+            assert!(t.header(&m, 1, h, r.len() as u16, 1, &r).is_ok());
+        }
+        let h = fit as u32 + 1;
+        assert_eq!(
+            t.header(&m, 1, h, r.len() as u16, 1, &r),
+            Err(GpadlError::TooMany)
+        );
+        t.remove(1).unwrap();
+        assert!(t.header(&m, 1, h, r.len() as u16, 1, &r).is_ok());
+        t.remove_channel(1);
+        assert_eq!(t.total_pfns, 0);
     }
 }

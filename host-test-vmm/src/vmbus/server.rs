@@ -362,8 +362,12 @@ impl Inner {
             ChannelMessage::RequestOffers => self.request_offers(st),
             ChannelMessage::GpadlHeader { header, ranges } => {
                 let relid = header.child_relid;
-                if st.channels.get(&relid).is_none_or(|c| c.rescinded) {
-                    self.reject("GPADL for an unknown channel", &relid);
+                if st
+                    .channels
+                    .get(&relid)
+                    .is_none_or(|c| c.rescinded || !c.offered)
+                {
+                    self.reject("GPADL for a channel that is not offered", &relid);
                     self.gpadl_created(&conn, relid, header.gpadl, STATUS_FAILURE);
                     return;
                 }
@@ -954,8 +958,11 @@ impl Inner {
             rt: Arc::clone(&rt),
             generation: inr.generation,
         };
-        let cap = (inr.ring.data_size() as usize).min(MAX_PACKET_SIZE);
-        let mut buf = vec![0u8; cap];
+        // The channel's packet buffer, allocated once per open.
+        let mut buf = std::mem::take(&mut inr.buf);
+        if buf.is_empty() {
+            buf = vec![0u8; (inr.ring.data_size() as usize).min(MAX_PACKET_SIZE)];
+        }
         let mut done = 0usize;
         let mut requeue = false;
         inr.blocked = false;
@@ -1009,8 +1016,10 @@ impl Inner {
                                 .request_space(u32::try_from(needed).unwrap_or(u32::MAX))
                                 .unwrap_or(false)
                         });
-                        if let Some(c) = lock(&self.stats).channels.get_mut(&relid) {
-                            c.ring_full_waits += 1;
+                        if fresh {
+                            if let Some(c) = lock(&self.stats).channels.get_mut(&relid) {
+                                c.ring_full_waits += 1;
+                            }
                         }
                         if room == Some(true) {
                             requeue = true;
@@ -1040,6 +1049,7 @@ impl Inner {
                 }
             }
         }
+        inr.buf = buf;
         if inr.blocked {
             lock(&self.blocked).insert(relid);
         }
