@@ -449,11 +449,12 @@ impl<const C: usize, const G: usize, const O: usize> Client<C, G, O> {
                 cfg.monitor_page2,
             )
         };
-        self.state = ConnectionState::Contacting { index };
         self.queue(
             version.initiate_contact_connection_id(),
             MessageBuf::fixed(&msg),
-        )
+        )?;
+        self.state = ConnectionState::Contacting { index };
+        Ok(())
     }
 
     /// Starts connecting: queues InitiateContact for the first version.

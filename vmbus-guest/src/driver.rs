@@ -69,6 +69,9 @@ impl core::fmt::Display for DriverError {
     }
 }
 
+/// The most messages one [`VmBus::service`] call consumes.
+pub const MAX_MESSAGES_PER_SERVICE: usize = 64;
+
 /// What one [`VmBus::poll`] found.
 // No allocator to box the message into; a `Polled` lives only until the caller matches it.
 #[allow(clippy::large_enum_variant)]
@@ -302,6 +305,35 @@ impl<'a, P: Platform, const C: usize, const G: usize, const O: usize> VmBus<'a, 
         self.client.unload()?;
         self.flush()?;
         self.wait(max_polls, |e| *e == Event::Unloaded).map(|_| ())
+    }
+
+    /// The work of a VMBus interrupt (SINT2), also usable as one round of a polling loop: drains
+    /// SINT2's message slot (at most [`MAX_MESSAGES_PER_SERVICE`] messages, so a flooding host
+    /// cannot keep the guest here), handing each result to `on_message` (a bad host message is an
+    /// `Err` there, and draining continues), then takes the channel event flags, calling
+    /// `on_channel` with each signalled relid. Returns how many messages and channel flags were
+    /// handled.
+    pub fn service(
+        &mut self,
+        mut on_message: impl FnMut(Result<Polled, DriverError>),
+        on_channel: impl FnMut(u32),
+    ) -> usize {
+        let mut n = 0;
+        while n < MAX_MESSAGES_PER_SERVICE {
+            match self.poll() {
+                Ok(None) => break,
+                Ok(Some(p)) => on_message(Ok(p)),
+                Err(e) => on_message(Err(e)),
+            }
+            n += 1;
+        }
+        match self.take_channel_interrupts(on_channel) {
+            Ok(k) => n + k,
+            Err(e) => {
+                on_message(Err(e));
+                n
+            }
+        }
     }
 
     /// Signals the host on a channel's connection id (HvSignalEvent, fast, flag 0).

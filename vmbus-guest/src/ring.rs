@@ -19,6 +19,30 @@
 //! from empty to non-empty and the reader has not masked interrupts; [`RingReceiver::commit`]
 //! says to signal when the reader freed enough space for a producer waiting with
 //! pending_send_sz.
+//!
+//! ```
+//! use hypercall::page::{Page, PageRef};
+//! use vmbus_guest::ring::{init_control, OutgoingPacket, PageRefRing, RingReceiver, RingSender};
+//!
+//! // A ring of one control page and one data page (a real guest takes its pages from the ring
+//! // GPADL; these are test pages at made-up GPAs).
+//! let pages = [Page::new(), Page::new()];
+//! let refs = [
+//!     PageRef::new(pages[0].words(), 0x1000).unwrap(),
+//!     PageRef::new(pages[1].words(), 0x2000).unwrap(),
+//! ];
+//! let ring = PageRefRing::new(&refs).unwrap();
+//! init_control(&ring).unwrap();
+//! let (mut tx, mut rx) = (RingSender::new(&ring).unwrap(), RingReceiver::new(&ring).unwrap());
+//!
+//! let signal = tx.try_write(&OutgoingPacket::inband(7, true, &[b"hello"])).unwrap();
+//! assert!(signal.needed()); // the ring went from empty to non-empty
+//!
+//! let mut buf = [0u8; 64];
+//! let packet = rx.try_read_packet(&mut buf).unwrap().unwrap();
+//! assert_eq!((packet.transaction_id(), &packet.payload()[..5]), (7, &b"hello"[..]));
+//! assert!(!rx.commit().unwrap().needed()); // nobody waits for space
+//! ```
 #![forbid(unsafe_code)]
 
 use crate::packet::{
@@ -205,6 +229,14 @@ impl RingMemory for PageRefRing<'_, '_> {
             }
         }
     }
+}
+
+/// [`PageRef`]s for a run of identity-mapped pages (bare-metal guests where guest-physical equals
+/// virtual addresses), e.g. to build a [`PageRefRing`] or a GPADL from a `static [Page; N]`.
+pub fn identity_mapped_refs<const N: usize>(
+    pages: &[hypercall::page::Page; N],
+) -> [PageRef<'_>; N] {
+    core::array::from_fn(|i| PageRef::identity_mapped(&pages[i]))
 }
 
 /// Zeroes the control page and sets feature_bits = 1, as the guest does before opening a

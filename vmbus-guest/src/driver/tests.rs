@@ -432,3 +432,59 @@ fn rescind_and_garbage() {
     );
     assert_eq!(bus.poll(), Ok(None));
 }
+
+// Interrupt mode: SINT2 with a vector; the handler's work is `service`, which drains the slot
+// (including queued messages behind MessagePending) and the channel flags, and keeps going after
+// a bad message.
+#[test]
+fn interrupt_mode_service() {
+    let g = guest(Version::WIN10_V5_3);
+    g.synic
+        .configure_sint(2, SintConfig::interrupt(0xF3))
+        .unwrap();
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    bus.client_mut().connect().unwrap();
+    let mut events = Vec::new();
+    let mut errors = 0;
+    // The InitiateContact goes out; the host's answer and the offers arrive.
+    let n = bus.service(
+        |r| match r {
+            Ok(Polled::Event(e)) => events.push(e),
+            Ok(Polled::Foreign(_)) => panic!(),
+            Err(_) => errors += 1,
+        },
+        |_| panic!("no channel flags yet"),
+    );
+    assert_eq!(n, 4);
+    assert_eq!(errors, 0);
+    assert!(matches!(events[0], Event::Connected { .. }));
+    assert_eq!(events[3], Event::AllOffersDelivered);
+
+    g.host
+        .push(MessageBuf::from_bytes(&[1, 0, 0, 0, 0, 0, 0, 0]).unwrap()); // truncated offer
+    g.host.push(MessageBuf::fixed(&RescindChannelOffer::new(1)));
+    g.synic.siefp().fetch_or_u64(slot_offset(2), (1 << 2) | 1);
+    let mut relids = Vec::new();
+    let mut events = Vec::new();
+    let n = bus.service(
+        |r| match r {
+            Ok(Polled::Event(e)) => events.push(e),
+            _ => errors += 1,
+        },
+        |r| relids.push(r),
+    );
+    assert_eq!((n, errors), (3, 1));
+    assert_eq!(
+        events,
+        [Event::Rescinded {
+            relid: 1,
+            was_open: false
+        }]
+    );
+    assert_eq!(relids, [2], "flag 0 is reserved and skipped");
+    assert_eq!(
+        g.host.posted_types().last(),
+        Some(&(MSG_CONN, ChannelMessageType::RELID_RELEASED))
+    );
+}

@@ -341,3 +341,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn identity_refs() {
+    let pages = std::boxed::Box::new([Page::new(), Page::new(), Page::new()]);
+    let refs = identity_mapped_refs(&pages);
+    for (r, p) in refs.iter().zip(pages.iter()) {
+        assert_eq!(r.gpa(), core::ptr::from_ref(p).addr() as u64);
+    }
+    let ring = PageRefRing::new(&refs).unwrap();
+    assert_eq!(ring.len(), 3 * 4096);
+}
