@@ -253,7 +253,8 @@ impl<'a, P: Platform, const C: usize, const G: usize, const O: usize> VmBus<'a, 
     /// Opens channel `relid` with its rings in `pages` (the first `outbound_pages` for guest ->
     /// host, each ring's first page its control page): initialises both control pages, creates
     /// the ring GPADL, sends OpenChannel with interrupts to `target_vp`, and waits for the result.
-    /// Returns the channel's data path and the ring GPADL handle.
+    /// Returns the channel's data path and the ring GPADL handle. If the host refuses the open,
+    /// the ring GPADL is torn down again (not waited for) and [`DriverError::Refused`] returned.
     pub fn open_channel<'p>(
         &mut self,
         relid: u32,
@@ -279,7 +280,14 @@ impl<'a, P: Platform, const C: usize, const G: usize, const O: usize> VmBus<'a, 
             Event::OpenResult { status: 0, .. } => {
                 Ok((Channel::new(out, inb, connection_id)?, gpadl))
             }
-            Event::OpenResult { status, .. } => Err(DriverError::Refused(status)),
+            Event::OpenResult { status, .. } => {
+                // The ring GPADL is of no use now: tear it down (its Event::GpadlTorndown comes
+                // later) so the host can drop it.
+                self.client.teardown_gpadl(gpadl)?;
+                self.flush()?;
+                Err(DriverError::Refused(status))
+            }
+            // Rescinded meanwhile: the client already tears the GPADL down.
             _ => Err(DriverError::Client(ClientError::UnknownChannel(relid))),
         }
     }

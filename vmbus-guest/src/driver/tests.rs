@@ -31,6 +31,7 @@ struct Model {
     max_version: Version,
     reject_connection_4: bool,
     silent: bool,
+    refuse_open: bool,
     offers: Vec<OfferChannel>,
     queue: VecDeque<MessageBuf>,
     posted: Vec<(u32, Vec<u8>)>,
@@ -137,9 +138,10 @@ impl TestHost {
                 g.3.extend(pfns.iter());
             }
             ChannelMessage::OpenChannel(o) => {
+                let status = u32::from(model.refuse_open) * 0xC000_0001;
                 reply(
                     &mut model,
-                    MessageBuf::fixed(&OpenResult::new(o.child_relid, o.open_id, 0)),
+                    MessageBuf::fixed(&OpenResult::new(o.child_relid, o.open_id, status)),
                 );
             }
             ChannelMessage::GpadlTeardown(t) => {
@@ -486,5 +488,37 @@ fn interrupt_mode_service() {
     assert_eq!(
         g.host.posted_types().last(),
         Some(&(MSG_CONN, ChannelMessageType::RELID_RELEASED))
+    );
+}
+
+// A refused open gives Refused and tears the ring GPADL down again.
+#[test]
+fn refused_open_tears_down_the_ring() {
+    let g = guest(Version::WIN10_V5_3);
+    g.host.model.borrow_mut().refuse_open = true;
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    bus.connect(100).unwrap();
+    bus.wait_offers(100).unwrap();
+    let pages = ring_pages(2 + 2);
+    assert_eq!(
+        bus.open_channel(1, pages, 2, 0, [0; 120], 100).err(),
+        Some(DriverError::Refused(0xC000_0001))
+    );
+    assert_eq!(
+        g.host.posted_types().last(),
+        Some(&(MSG_CONN, ChannelMessageType::GPADL_TEARDOWN))
+    );
+    assert!(matches!(
+        bus.poll(),
+        Ok(Some(Polled::Event(Event::GpadlTorndown {
+            relid: 1,
+            gpadl: 0xE1E10
+        })))
+    ));
+    assert!(bus.client().gpadls().is_empty());
+    assert_eq!(
+        bus.client().channel(1).unwrap().state,
+        crate::client::ChannelState::Offered
     );
 }
