@@ -352,3 +352,40 @@ fn identity_refs() {
     let ring = PageRefRing::new(&refs).unwrap();
     assert_eq!(ring.len(), 3 * 4096);
 }
+
+// fact sheet §6.3: a packet and its trailer wrap past the end of the data area (copied modulo
+// the data size), and the trailer records the packet's start.
+#[test]
+fn explicit_wraparound() {
+    let pages = Pages::new(2);
+    let refs = pages.refs();
+    let mem = PageRefRing::new(&refs).unwrap();
+    init_control(&mem).unwrap();
+    let mut tx = RingSender::new(&mem).unwrap();
+    let mut rx = RingReceiver::new(&mem).unwrap();
+    let mut buf = [0u8; 4096];
+    // Two 2024-byte packets (2000 payload + 16 descriptor + 8 trailer) move both indices to 4048.
+    let filler = [0u8; 2000];
+    for _ in 0..2 {
+        let _ = tx
+            .try_write(&OutgoingPacket::inband(0, false, &[&filler]))
+            .unwrap();
+        rx.try_read(&mut buf).unwrap().unwrap();
+        let _ = rx.commit().unwrap();
+    }
+    let start = mem.load_u32(control::WRITE_INDEX);
+    assert_eq!(start, 2 * (2016 + 8));
+    assert_eq!(start as usize, 4096 - 48);
+    // 16 + 40 payload = 56 bytes + 8 trailer: 48 before the end, 16 after.
+    let payload: Vec<u8> = (0..40).collect();
+    let _ = tx
+        .try_write(&OutgoingPacket::inband(5, false, &[&payload]))
+        .unwrap();
+    assert_eq!(mem.load_u32(control::WRITE_INDEX), 16);
+    let mut t = [0u8; 8];
+    mem.read(CONTROL_SIZE + 8, &mut t);
+    assert_eq!(u64::from_le_bytes(t), trailer(start));
+    let p = rx.try_read_packet(&mut buf).unwrap().unwrap();
+    assert_eq!(p.transaction_id(), 5);
+    assert_eq!(p.payload(), &payload[..]);
+}
