@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
+
 use host_test_vmm::bench;
+use host_test_vmm::hv::HvFeatures;
+use host_test_vmm::vmbus::TraceWriter;
+use host_test_vmm::vmm::hv_glue;
 use host_test_vmm::vmm::{self, SerialOutput, VmConfig, VmmError};
 
 #[derive(Parser)]
@@ -75,6 +80,9 @@ struct Common {
     /// Wall-clock limit in seconds (0 = none).
     #[arg(long, default_value_t = 0)]
     timeout: u64,
+    /// Write the decoded VMBus traffic (control messages and ring packets) as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -119,6 +127,13 @@ fn run(kernel: &Path, c: Common) -> Result<bool, VmmError> {
         ReportFormat::Text => SerialOutput::Stdout,
     });
     cfg.timeout = (c.timeout > 0).then(|| Duration::from_secs(c.timeout));
+    if let Some(path) = &c.trace {
+        let trace = TraceWriter::to_file(path).map_err(|source| VmmError::TraceFile {
+            path: path.clone(),
+            source,
+        })?;
+        cfg.hv = hv_glue::hyperv_with_vmbus(HvFeatures::default(), Some(Arc::new(trace)));
+    }
     let out = vmm::run(cfg)?;
     match c.report {
         ReportFormat::Json => println!("{}", out.report.to_json()),

@@ -106,6 +106,15 @@ pub enum VmmError {
     /// A vCPU thread panicked.
     #[error("vCPU {0} thread panicked")]
     VcpuPanicked(u32),
+    /// The VMBus trace file could not be created.
+    #[error("cannot create the trace file {path}: {source}")]
+    TraceFile {
+        /// The path given with --trace.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The guest build for the demo failed.
     #[error("{0}")]
     Demo(String),

@@ -11,6 +11,8 @@ use vm_memory::GuestMemoryMmap;
 use super::error::VmmError;
 use super::irq::{KvmGuestTsc, MsiInterruptSink};
 use crate::hv;
+use crate::vmbus::echo::EchoVsp;
+use crate::vmbus::{TraceWriter, VmbusOptions, VmbusServer, VmbusStats};
 
 /// One CPUID leaf produced by the emulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,10 @@ pub trait HvPort: Send + Sync {
         false
     }
     /// Back to power-on state.
+    /// The VMBus server's counters, when the partition has one.
+    fn vmbus_stats(&self) -> Option<VmbusStats> {
+        None
+    }
     fn reset(&self);
     /// Stops background threads (timers); idempotent.
     fn shutdown(&self);
@@ -220,8 +226,95 @@ pub fn hyperv(features: hv::HvFeatures, test_services: bool) -> HvFactory {
     })
 }
 
+/// The Hyper-V emulation with a VMBus server on it: what a partition is by default.
+pub struct HyperVWithVmbus {
+    hv: Arc<hv::Hypervisor>,
+    vmbus: Arc<VmbusServer>,
+}
+
+impl HyperVWithVmbus {
+    /// The emulation.
+    pub fn hv(&self) -> &Arc<hv::Hypervisor> {
+        &self.hv
+    }
+    /// The VMBus server.
+    pub fn vmbus(&self) -> &Arc<VmbusServer> {
+        &self.vmbus
+    }
+}
+
+impl HvPort for HyperVWithVmbus {
+    fn cpuid_leaves(&self) -> Vec<CpuidEntry> {
+        HvPort::cpuid_leaves(&*self.hv)
+    }
+    fn msr_read(&self, vp: u32, msr: u32) -> Option<u64> {
+        HvPort::msr_read(&*self.hv, vp, msr)
+    }
+    fn msr_write(&self, vp: u32, msr: u32, value: u64) -> bool {
+        HvPort::msr_write(&*self.hv, vp, msr, value)
+    }
+    fn hypercall(&self, vp: u32, regs: &mut HvRegs) {
+        HvPort::hypercall(&*self.hv, vp, regs)
+    }
+    fn stats(&self) -> serde_json::Value {
+        HvPort::stats(&*self.hv)
+    }
+    fn crash(&self) -> Option<serde_json::Value> {
+        HvPort::crash(&*self.hv)
+    }
+    fn eom_redeliveries(&self) -> Option<u64> {
+        HvPort::eom_redeliveries(&*self.hv)
+    }
+    fn timer_expirations(&self) -> Option<u64> {
+        HvPort::timer_expirations(&*self.hv)
+    }
+    fn eoi_msr_granted(&self) -> bool {
+        HvPort::eoi_msr_granted(&*self.hv)
+    }
+    fn vmbus_stats(&self) -> Option<VmbusStats> {
+        Some(self.vmbus.stats())
+    }
+    fn reset(&self) {
+        // The bus first: it must not deliver into pages the reset is about to forget.
+        self.vmbus.reset();
+        HvPort::reset(&*self.hv);
+    }
+    fn shutdown(&self) {
+        self.vmbus.shutdown();
+        HvPort::shutdown(&*self.hv);
+    }
+}
+
+/// Hyper-V with the host test services and a VMBus server offering the echo
+/// test device (docs/ARCHITECTURE.md, "VMBus test device"); `trace` receives
+/// the decoded VMBus traffic.
+pub fn hyperv_with_vmbus(features: hv::HvFeatures, trace: Option<Arc<TraceWriter>>) -> HvFactory {
+    Arc::new(move |ctx: HvContext| {
+        let cfg = hv::HvConfig {
+            vp_count: ctx.vp_count,
+            tsc_hz: ctx.tsc_hz,
+            features: features.clone(),
+        };
+        let h = hv::Hypervisor::new(cfg, ctx.mem, ctx.irq, ctx.tsc)
+            .map_err(|e| VmmError::Hv(e.to_string()))?;
+        h.install_test_services();
+        let vmbus = VmbusServer::new(
+            h.clone(),
+            VmbusOptions {
+                trace: trace.clone(),
+            },
+        )
+        .map_err(|e| VmmError::Hv(format!("VMBus server: {e}")))?;
+        vmbus
+            .add_device(Box::new(EchoVsp::new(0)))
+            .map_err(|e| VmmError::Hv(format!("VMBus echo device: {e}")))?;
+        Ok(Arc::new(HyperVWithVmbus { hv: h, vmbus }) as Arc<dyn HvPort>)
+    })
+}
+
 /// The emulation a partition gets unless the caller picks another: Hyper-V
-/// with the recommended feature profile and the host test services.
+/// with the recommended feature profile, the host test services and a VMBus
+/// server with the echo test device.
 pub fn default_factory() -> HvFactory {
-    hyperv(hv::HvFeatures::default(), true)
+    hyperv_with_vmbus(hv::HvFeatures::default(), None)
 }

@@ -422,6 +422,7 @@ impl Partition {
             crash: self.hv.crash(),
             eom_redeliveries: self.hv.eom_redeliveries(),
             timer_expirations: self.hv.timer_expirations(),
+            vmbus: self.hv.vmbus_stats(),
             end,
         })
     }

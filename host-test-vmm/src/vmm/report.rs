@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use super::irq::InterruptCounts;
 use super::stats::ExitCounts;
 use super::vcpu::RunEnd;
+use crate::vmbus::VmbusStats;
+use vmbus_guest::message::ChannelMessageType;
 
 /// The checks the bundled test guest is expected to report (docs/ARCHITECTURE.md).
 pub const EXPECTED_CHECKS: &[&str] = &[
@@ -78,6 +80,8 @@ pub struct Report {
     pub exits: Value,
     /// The emulation's own counters (`hv.stats()`).
     pub hv: Value,
+    /// The VMBus server's counters, when the partition has one.
+    pub vmbus: Option<VmbusStats>,
     /// Debug-exit code, when the guest exited through port 0xF4.
     pub exit_code: Option<u32>,
     /// How the run ended.
@@ -106,6 +110,8 @@ pub struct Inputs<'a> {
     pub eom_redeliveries: Option<u64>,
     /// Synthetic timer expirations counted by the emulation.
     pub timer_expirations: Option<u64>,
+    /// The VMBus server's counters, when the partition has one.
+    pub vmbus: Option<VmbusStats>,
     /// How the run ended.
     pub end: RunEnd,
 }
@@ -154,6 +160,47 @@ fn contradiction(name: &str, inp: &Inputs<'_>) -> Option<String> {
         }
         "stimer-oneshot" | "stimer-periodic" if irqs == 0 => {
             Some("host injected no interrupt".into())
+        }
+        n if n.starts_with("vmbus-") => vmbus_contradiction(n, inp.vmbus.as_ref()),
+        _ => None,
+    }
+}
+
+/// What the VMBus server must have seen for a guest's VMBus check to stand.
+fn vmbus_contradiction(name: &str, v: Option<&VmbusStats>) -> Option<String> {
+    let Some(v) = v else {
+        return Some("the partition has no VMBus server".into());
+    };
+    let got = |t: ChannelMessageType| {
+        t.name()
+            .and_then(|n| v.messages_in.get(n))
+            .copied()
+            .unwrap_or(0)
+    };
+    let echoed: u64 = v.channels.values().map(|c| c.packets_out).sum();
+    match name {
+        "vmbus-connect"
+            if v.version.is_none() && got(ChannelMessageType::INITIATE_CONTACT) == 0 =>
+        {
+            Some("the server negotiated no version".into())
+        }
+        "vmbus-offers" if v.offers_sent == 0 => Some("the server sent no offer".into()),
+        "vmbus-gpadl" if v.gpadls_created == 0 => Some("the server created no GPADL".into()),
+        "vmbus-open" if v.channels.values().all(|c| c.opens == 0) => {
+            Some("the server opened no channel".into())
+        }
+        "vmbus-echo" | "vmbus-ring-wrap" if echoed == 0 => {
+            Some("the server sent no packet to the guest".into())
+        }
+        "vmbus-close" if v.channels.values().all(|c| c.closes == 0) => {
+            Some("the server closed no channel".into())
+        }
+        "vmbus-rescind" if v.rescinds_sent == 0 || got(ChannelMessageType::RELID_RELEASED) == 0 => {
+            Some(format!(
+                "the server sent {} rescind(s) and saw {} RelIdReleased",
+                v.rescinds_sent,
+                got(ChannelMessageType::RELID_RELEASED)
+            ))
         }
         _ => None,
     }
@@ -247,6 +294,7 @@ pub fn build(inp: Inputs<'_>) -> Report {
         checks,
         exits: Value::Object(exits),
         hv: inp.hv_stats,
+        vmbus: inp.vmbus,
         exit_code,
         end: inp.end,
         crash: inp.crash,
