@@ -366,8 +366,38 @@ mod tests {
             crash: None,
             eom_redeliveries: None,
             timer_expirations: None,
+            vmbus: None,
             end: RunEnd::DebugExit { code: 0, vp: 0 },
         }
+    }
+
+    #[test]
+    fn vmbus_checks_need_the_servers_evidence() {
+        let line = |name: &str| GuestCheck {
+            name: name.into(),
+            ok: true,
+            detail: String::new(),
+        };
+        let names = ["vmbus-connect", "vmbus-rescind"];
+        let mut inp = inputs(names.iter().map(|n| line(n)).collect());
+        inp.expected = &["vmbus-connect", "vmbus-rescind"];
+        // No server at all: the guest cannot have talked to one.
+        let r = build(inputs_clone(&inp));
+        assert!(r.checks.iter().all(|c| !c.ok), "{:?}", r.checks);
+        // A server that negotiated but never rescinded.
+        let mut v = VmbusStats {
+            version: Some("5.3".into()),
+            ..Default::default()
+        };
+        inp.vmbus = Some(v.clone());
+        let r = build(inputs_clone(&inp));
+        assert!(r.checks[0].ok && !r.checks[1].ok, "{:?}", r.checks);
+        // Rescind sent and the relid released: both stand.
+        v.rescinds_sent = 1;
+        v.messages_in.insert("RELID_RELEASED".into(), 1);
+        inp.vmbus = Some(v);
+        let r = build(inp);
+        assert!(r.checks.iter().all(|c| c.ok), "{:?}", r.checks);
     }
 
     #[test]
@@ -427,6 +457,7 @@ mod tests {
             crash: i.crash.clone(),
             eom_redeliveries: i.eom_redeliveries,
             timer_expirations: i.timer_expirations,
+            vmbus: i.vmbus.clone(),
             end: i.end.clone(),
         }
     }
