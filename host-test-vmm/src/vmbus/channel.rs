@@ -235,6 +235,28 @@ impl ChannelHandle {
         (g.relid == self.rt.relid).then_some(g)
     }
 
+    /// Read `buf.len()` bytes at byte `offset` of this channel's GPADL
+    /// `handle` (e.g. a send buffer). False if there is no such GPADL or the
+    /// span leaves it.
+    pub fn read_gpadl(&self, handle: u32, offset: u64, buf: &mut [u8]) -> bool {
+        let Some(s) = self.server.upgrade() else {
+            return false;
+        };
+        self.gpadl(handle)
+            .is_some_and(|g| g.read(&s.mem, offset, buf))
+    }
+
+    /// Write `data` at byte `offset` of this channel's GPADL `handle` (e.g.
+    /// a receive buffer). False if there is no such GPADL or the span leaves
+    /// it.
+    pub fn write_gpadl(&self, handle: u32, offset: u64, data: &[u8]) -> bool {
+        let Some(s) = self.server.upgrade() else {
+            return false;
+        };
+        self.gpadl(handle)
+            .is_some_and(|g| g.write(&s.mem, offset, data))
+    }
+
     /// Guest RAM, for devices that follow GPA-direct ranges. Every access
     /// through it is bounds-checked by vm-memory.
     pub fn memory(&self) -> Option<GuestMemoryMmap> {

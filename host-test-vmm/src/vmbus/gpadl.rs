@@ -8,7 +8,7 @@
 //! is accepted.
 
 use std::collections::HashMap;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmbus_guest::packet::GpaRanges;
 
 /// Size of a page in a GPADL (fact sheet conventions: always 4 KiB).
@@ -124,6 +124,49 @@ impl Gpadl {
             offset -= count;
         }
         None
+    }
+}
+
+impl Gpadl {
+    /// Copy `buf.len()` bytes from byte `offset` of the GPADL (its ranges
+    /// concatenated) out of guest memory. False if the span leaves the GPADL
+    /// (nothing useful is copied then).
+    pub fn read(&self, mem: &GuestMemoryMmap, offset: u64, buf: &mut [u8]) -> bool {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let Some((gpa, n)) = self.translate(offset + done as u64) else {
+                return false;
+            };
+            let n = (n as usize).min(buf.len() - done);
+            if mem
+                .read_slice(&mut buf[done..done + n], GuestAddress(gpa))
+                .is_err()
+            {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
+    /// Copy `data` into the GPADL at byte `offset`. False if the span leaves
+    /// the GPADL (a prefix may have been written).
+    pub fn write(&self, mem: &GuestMemoryMmap, offset: u64, data: &[u8]) -> bool {
+        let mut done = 0usize;
+        while done < data.len() {
+            let Some((gpa, n)) = self.translate(offset + done as u64) else {
+                return false;
+            };
+            let n = (n as usize).min(data.len() - done);
+            if mem
+                .write_slice(&data[done..done + n], GuestAddress(gpa))
+                .is_err()
+            {
+                return false;
+            }
+            done += n;
+        }
+        true
     }
 }
 
@@ -436,6 +479,20 @@ mod tests {
         assert_eq!(g.translate(0), Some((4096 + 4000, 96)));
         assert_eq!(g.translate(96), Some((2 * 4096, 4)));
         assert_eq!(g.translate(100), Some((9 * 4096, 4096)));
+        // Copies follow the ranges across pages.
+        let data: Vec<u8> = (0..200u8).collect();
+        assert!(g.write(&m, 50, &data));
+        let mut back = vec![0u8; 200];
+        assert!(g.read(&m, 50, &mut back));
+        assert_eq!(back, data);
+        let mut b = [0u8; 1];
+        m.read_slice(&mut b, GuestAddress(2 * 4096 + 3)).unwrap();
+        assert_eq!(b[0], 49); // GPADL byte 99 (data[49]): 4th byte of page 2
+        m.read_slice(&mut b, GuestAddress(9 * 4096)).unwrap();
+        assert_eq!(b[0], 50); // GPADL byte 100: first byte of the second range
+        assert!(!g.read(&m, 4100, &mut back));
+        assert!(!g.write(&m, 4196, &[1]));
+        assert!(g.read(&m, 4195, &mut back[..1]));
     }
 
     #[test]
