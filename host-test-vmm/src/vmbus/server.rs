@@ -495,7 +495,12 @@ impl Inner {
                 monitor_pages: [ic.monitor_page1, ic.monitor_page2],
             };
             tracing::info!(version = %v, vp, sint, "VMBus connected");
-            lock(&self.stats).version = Some(v.to_string());
+            {
+                let mut s = lock(&self.stats);
+                s.version = Some(v.to_string());
+                s.connected = true;
+                s.connections += 1;
+            }
             let conn_id = if v.uses_msg_conn_id() { MSG_CONN_ID } else { 0 };
             let r = VersionResponse::new(true, connection_state::SUCCESSFUL, conn_id);
             self.post_conn(&conn, MessageBuf::fixed(&r));
@@ -733,7 +738,7 @@ impl Inner {
         st.conn = None;
         lock(&self.gpadls).clear();
         lock(&self.backlog).clear();
-        lock(&self.stats).version = None;
+        lock(&self.stats).connected = false;
     }
 
     // ---- devices -------------------------------------------------------------

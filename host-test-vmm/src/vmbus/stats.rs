@@ -35,8 +35,12 @@ pub struct ChannelStats {
 /// Counters of the whole server. Serializes to JSON for the report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VmbusStats {
-    /// Negotiated protocol version ("5.3"), if connected.
+    /// The last negotiated protocol version ("5.3"), kept after an unload.
     pub version: Option<String>,
+    /// Whether the guest is connected now.
+    pub connected: bool,
+    /// Accepted InitiateContacts.
+    pub connections: u64,
     /// Control messages guest -> host, by type name.
     pub messages_in: BTreeMap<String, u64>,
     /// Control messages host -> guest, by type name.

@@ -305,7 +305,10 @@ fn old_and_garbage_versions_refused() {
     }
     // A refused guest falls back and gets in.
     assert!(g.initiate(Version::WIN10_V4_1, 0).accepted());
-    assert_eq!(g.server.stats().version.as_deref(), Some("4.1"));
+    let s = g.server.stats();
+    assert_eq!(s.version.as_deref(), Some("4.1"));
+    assert!(s.connected);
+    assert_eq!(s.connections, 1);
 }
 
 #[test]
@@ -612,6 +615,8 @@ fn unload_and_reconnect() {
         ChannelMessage::UnloadResponse
     ));
     assert_eq!(g.server.version(), None);
+    let s = g.server.stats();
+    assert_eq!((s.version.as_deref(), s.connected), (Some("5.3"), false));
     assert!(!g.server.channels()[0].open);
     g.send(&mut ch, 1, false, b"nobody home");
     g.signal(&ch);
