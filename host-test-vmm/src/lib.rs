@@ -1,6 +1,8 @@
 //! host-test-vmm: a Linux/KVM VMM that plays the Hyper-V root partition.
 //!
-//! Two layers:
+//! It lets the guest crates of hvkit (and guests nobody here wrote) be tested
+//! against a real implementation of the Hyper-V interface without Windows.
+//! The layers:
 //! - [`hv`]: the Hyper-V interface (CPUID leaves, synthetic MSRs, hypercall
 //!   dispatcher, SynIC, reference TSC, synthetic timers), independent of KVM.
 //!   It runs inside the KVM partition and, unchanged, as the in-process
@@ -8,7 +10,10 @@
 //! - [`vmm`]: KVM partition management (memory, vCPU threads, lifecycle, ELF
 //!   direct boot, serial console, debug-exit port) that routes guest exits
 //!   into [`hv`].
+//! - [`vmbus`]: the VMBus server and the devices (VSPs) it offers, on top of
+//!   [`hv`]'s SynIC and hypercalls.
+//! - [`bench`]: benchmarks that run on a real partition.
 pub mod bench;
 pub mod hv;
-pub mod vmm;
 pub mod vmbus;
+pub mod vmm;
