@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 use vmbus_guest::guid::Guid;
 use vmbus_guest::message::{
@@ -206,6 +206,7 @@ impl Inner {
 
     /// The worker thread: channel drains, device requests, retries.
     pub fn worker(self: Arc<Self>) {
+        let mut last_poll = Instant::now();
         loop {
             let item = {
                 let mut q = lock(&self.work);
@@ -247,11 +248,16 @@ impl Inner {
                         tracing::warn!(error = %e, "device-requested hot-add failed");
                     }
                 }
-                None => {
-                    let blocked: Vec<u32> = lock(&self.blocked).iter().copied().collect();
-                    for relid in blocked {
-                        self.process_channel(relid);
-                    }
+                None => {}
+            }
+            // Retries happen on time even while other work keeps arriving: a
+            // guest that reads without honouring pending_send_sz still
+            // unblocks its channel.
+            if last_poll.elapsed() >= POLL {
+                last_poll = Instant::now();
+                let blocked: Vec<u32> = lock(&self.blocked).iter().copied().collect();
+                for relid in blocked {
+                    self.process_channel(relid);
                 }
             }
             self.flush_backlog();

@@ -1102,3 +1102,33 @@ fn devices_reach_guest_memory_through_gpadls() {
     assert_eq!(ask(&mut ch, 4, theirs, 0, 4, 0)[0], 0);
     assert_eq!(ask(&mut ch, 5, 0x1234, 0, 4, 0)[0], 0);
 }
+
+/// A guest that drains its inbound ring but never signals the host for
+/// room (ignores pending_send_sz) still gets every reply: the worker polls
+/// blocked channels.
+#[test]
+fn blocked_channel_is_polled_without_guest_signals() {
+    let g = Guest::new();
+    let offers = g.setup_echo(Version::WIN10_V5_3);
+    let mut ch = g.open(&offers[0], 17, 2, 0);
+    let payload = vec![0x3Cu8; 1000];
+    for tid in 0..20 {
+        g.send(&mut ch, tid, false, &payload);
+    }
+    let signals_before = g.server.stats().notifications_from_guest;
+    let end = Instant::now() + WAIT;
+    for tid in 0..20 {
+        loop {
+            if let Some(v) = ch.rx.try_read_packet(&mut ch.buf).unwrap() {
+                assert_eq!(v.transaction_id(), tid);
+                let _ = ch.rx.commit().unwrap(); // no signal, whatever it says
+                break;
+            }
+            assert!(Instant::now() < end, "reply {tid} never came");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    let s = g.server.stats();
+    assert_eq!(s.notifications_from_guest, signals_before);
+    assert!(s.channels[&ch.relid].ring_full_waits > 0);
+}
