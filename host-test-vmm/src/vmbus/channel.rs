@@ -8,6 +8,7 @@ use super::vsp::{SendError, Vsp};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmbus_guest::packet::MAX_PACKET_SIZE;
 use vmbus_guest::ring::{OutgoingPacket, RingError, RingReceiver, RingSender};
 
 use super::ring::GuestRingMemory;
@@ -167,7 +168,12 @@ impl ChannelHandle {
             let size = o.ring.data_size() as usize;
             let mut needed = 0usize;
             for p in packets {
-                if p.ring_bytes() >= size {
+                // Checked here so that only a guest moving indices can make
+                // staging fail below.
+                if p.ring_bytes() >= size
+                    || p.padded_len() > MAX_PACKET_SIZE
+                    || !p.extension.len().is_multiple_of(8)
+                {
                     return Err(SendError::Invalid(p.ring_bytes()));
                 }
                 needed += p.ring_bytes();

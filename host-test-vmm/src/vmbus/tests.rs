@@ -1132,3 +1132,57 @@ fn blocked_channel_is_polled_without_guest_signals() {
     assert_eq!(s.notifications_from_guest, signals_before);
     assert!(s.channels[&ch.relid].ring_full_waits > 0);
 }
+
+/// A device that first tries packets that can never be sent (odd extension,
+/// larger than the ring), then replies with what `send` said about them.
+struct BadSender;
+
+impl Vsp for BadSender {
+    fn name(&self) -> &str {
+        "bad-sender"
+    }
+    fn class_id(&self) -> vmbus_guest::Guid {
+        vmbus_guest::Guid::from_str_const("00000000-0000-0000-0000-0000000000cc")
+    }
+    fn instance_id(&self) -> vmbus_guest::Guid {
+        vmbus_guest::Guid::from_str_const("00000000-0000-0000-0000-0000000000dd")
+    }
+    fn on_packet(
+        &mut self,
+        ch: &ChannelHandle,
+        packet: &vmbus_guest::packet::PacketView<'_>,
+    ) -> Result<(), SendError> {
+        let mut odd = OutgoingPacket::inband(1, false, &[]);
+        odd.extension = &[0; 4];
+        let r1 = ch.send(&odd);
+        let huge = vec![0u8; 64 * 1024];
+        let parts = [&huge[..]];
+        let r2 = ch.send(&OutgoingPacket::inband(2, false, &parts));
+        let verdict = [
+            u8::from(matches!(r1, Err(SendError::Invalid(_)))),
+            u8::from(matches!(r2, Err(SendError::Invalid(_)))),
+        ];
+        let parts = [&verdict[..]];
+        ch.send(&OutgoingPacket::inband(
+            packet.transaction_id(),
+            false,
+            &parts,
+        ))
+    }
+}
+
+#[test]
+fn unsendable_packets_are_refused_without_breaking_the_channel() {
+    let g = Guest::new();
+    g.server.add_device(Box::new(BadSender)).unwrap();
+    g.connect(Version::WIN10_V5_3);
+    let offers = g.request_offers();
+    let mut ch = g.open(&offers[0], 3, 3, 0);
+    for tid in 1..=3 {
+        g.send(&mut ch, tid, false, b"go");
+        let (_, id, p) = g.receive(&mut ch);
+        assert_eq!(id, tid);
+        assert_eq!(&p[..2], &[1, 1]);
+    }
+    assert_eq!(g.server.stats().channels[&ch.relid].ring_errors, 0);
+}
