@@ -289,6 +289,15 @@ impl ChannelHandle {
         }
     }
 
+    /// Ask the server to offer a sub-channel of this (primary) channel,
+    /// served by `vsp`, with this channel's GUIDs and the next
+    /// sub_channel_index (on the worker thread).
+    pub fn request_subchannel(&self, vsp: Box<dyn Vsp>) {
+        if let Some(s) = self.server.upgrade() {
+            s.push_work(Work::AddSubchannel(self.rt.relid, vsp));
+        }
+    }
+
     /// Ask the server to offer another device (hot-add, on the worker
     /// thread).
     pub fn request_add_device(&self, vsp: Box<dyn Vsp>) {

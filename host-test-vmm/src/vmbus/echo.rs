@@ -13,7 +13,9 @@
 //! - Control commands, in-band: a payload that starts with [`ECHO_MAGIC`]
 //!   followed by `command u32, argument u32` is echoed like any other, then
 //!   acted on: [`CMD_RESCIND`] rescinds this device; [`CMD_HOT_ADD`] offers a
-//!   new echo device with instance [`echo_instance_id`]`(argument)`.
+//!   new echo device with instance [`echo_instance_id`]`(argument)`;
+//!   [`CMD_SUBCHANNEL`] offers a sub-channel of this channel (same GUIDs,
+//!   next sub_channel_index) that echoes too.
 //!   The library equivalents are `VmbusServer::rescind` and
 //!   `VmbusServer::add_device(Box::new(EchoVsp::new(n)))`.
 
@@ -34,6 +36,9 @@ pub const ECHO_MAGIC: [u8; 8] = *b"hvkecho!";
 pub const CMD_RESCIND: u32 = 1;
 /// Command: hot-add echo device `argument` (after the echo).
 pub const CMD_HOT_ADD: u32 = 2;
+/// Command: offer a sub-channel of this channel (an echo too; after the
+/// echo).
+pub const CMD_SUBCHANNEL: u32 = 3;
 
 /// Instance GUID of echo device `n`.
 pub const fn echo_instance_id(n: u16) -> Guid {
@@ -122,6 +127,12 @@ impl Vsp for EchoVsp {
                     "echo device asked to hot-add another"
                 );
                 ch.request_add_device(Box::new(EchoVsp::new(index)));
+            }
+            Some((CMD_SUBCHANNEL, _)) => {
+                tracing::info!(relid = ch.relid(), "echo device asked for a sub-channel");
+                let mut sub = EchoVsp::new(self.index);
+                sub.name = format!("{}-sub", self.name);
+                ch.request_subchannel(Box::new(sub));
             }
             Some((other, _)) => tracing::warn!(command = other, "unknown echo command"),
             None => {}

@@ -69,9 +69,12 @@ pub enum VmbusError {
     /// A device with the same class and instance GUIDs is already offered.
     #[error("a device with instance {0} is already offered")]
     DuplicateDevice(String),
-    /// No channel has this relid.
+    /// No channel has this relid (or it is not a primary channel).
     #[error("no channel {0}")]
     NoSuchChannel(u32),
+    /// The channel is not offered to a connected guest right now.
+    #[error("channel {0} is not offered")]
+    NotOffered(u32),
     /// The worker thread could not be started.
     #[error("cannot start the VMBus worker thread")]
     Thread,
@@ -128,9 +131,19 @@ impl VmbusServer {
         self.inner.add_device(vsp)
     }
 
-    /// Rescind channel `relid`: closes it on the host side and sends
-    /// RescindChannelOffer; the relid is free again after the guest's
-    /// RelIdReleased. A channel never offered is simply removed.
+    /// Offer a sub-channel of primary channel `primary` served by `vsp`
+    /// (same class and instance GUIDs, next sub_channel_index, its own relid,
+    /// rings and event connection). Sub-channels belong to the current
+    /// connection: they are dropped on unload/reset and rescinded with their
+    /// primary.
+    pub fn add_subchannel(&self, primary: u32, vsp: Box<dyn Vsp>) -> Result<u32, VmbusError> {
+        self.inner.add_subchannel(primary, vsp)
+    }
+
+    /// Rescind channel `relid` (and a primary's sub-channels): closes it on
+    /// the host side and sends RescindChannelOffer; the relid is free again
+    /// after the guest's RelIdReleased. A channel never offered is simply
+    /// removed.
     pub fn rescind(&self, relid: u32) -> Result<(), VmbusError> {
         self.inner.rescind(relid)
     }

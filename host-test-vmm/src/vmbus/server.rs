@@ -69,6 +69,8 @@ pub(crate) enum Work {
     Rescind(u32),
     /// Offer a new device (device request).
     AddDevice(Box<dyn Vsp>),
+    /// Offer a sub-channel of a primary channel (device request).
+    AddSubchannel(u32, Box<dyn Vsp>),
 }
 
 #[derive(Default)]
@@ -101,6 +103,10 @@ pub(crate) struct Channel {
     pub class_id: Guid,
     pub instance_id: Guid,
     params: OfferParams,
+    /// 0 for a device's primary channel; for a sub-channel its index and
+    /// primary relid.
+    sub_index: u16,
+    primary: Option<u32>,
     /// The offer was sent in the current connection.
     offered: bool,
     /// RescindChannelOffer was sent; waiting for RelIdReleased.
@@ -136,6 +142,10 @@ pub struct ChannelInfo {
     pub open: bool,
     /// Rescinded, waiting for RelIdReleased.
     pub rescinded: bool,
+    /// 0 for a primary channel.
+    pub sub_channel_index: u16,
+    /// A sub-channel's primary relid.
+    pub primary: Option<u32>,
 }
 
 pub(crate) struct Inner {
@@ -246,6 +256,11 @@ impl Inner {
                 Some(Work::AddDevice(vsp)) => {
                     if let Err(e) = self.add_device(vsp) {
                         tracing::warn!(error = %e, "device-requested hot-add failed");
+                    }
+                }
+                Some(Work::AddSubchannel(primary, vsp)) => {
+                    if let Err(e) = self.add_subchannel(primary, vsp) {
+                        tracing::warn!(primary, error = %e, "device-requested sub-channel failed");
                     }
                 }
                 None => {}
@@ -524,7 +539,7 @@ impl Inner {
             ch.instance_id,
             relid,
             event_connection_id(relid),
-            0,
+            ch.sub_index,
         );
         o.chn_flags = ch.params.chn_flags;
         o.mmio_megabytes = ch.params.mmio_megabytes;
@@ -736,7 +751,9 @@ impl Inner {
         for relid in open {
             self.close_locked(st, relid);
         }
-        st.channels.retain(|_, c| !c.rescinded);
+        // Sub-channels live for one connection: the device asks again.
+        st.channels
+            .retain(|_, c| !c.rescinded && c.primary.is_none());
         for c in st.channels.values_mut() {
             c.offered = false;
         }
@@ -773,7 +790,7 @@ impl Inner {
         if st
             .channels
             .values()
-            .any(|c| c.class_id == class_id && c.instance_id == instance_id)
+            .any(|c| c.primary.is_none() && c.class_id == class_id && c.instance_id == instance_id)
         {
             return Err(VmbusError::DuplicateDevice(guid_text(&instance_id)));
         }
@@ -787,6 +804,8 @@ impl Inner {
             class_id,
             instance_id,
             params,
+            sub_index: 0,
+            primary: None,
             offered: false,
             rescinded: false,
             open: None,
@@ -801,8 +820,71 @@ impl Inner {
         Ok(relid)
     }
 
+    /// Offer a sub-channel of primary channel `primary`, served by `vsp`
+    /// (its GUIDs are ignored: a sub-channel carries its primary's, with the
+    /// next sub_channel_index). Sub-channels exist for the current
+    /// connection only, so the primary must be offered now.
+    pub fn add_subchannel(&self, primary: u32, vsp: Box<dyn Vsp>) -> Result<u32, VmbusError> {
+        let name = vsp.name().to_owned();
+        let mut st = lock(&self.state);
+        let Some(p) = st.channels.get(&primary).filter(|c| c.primary.is_none()) else {
+            return Err(VmbusError::NoSuchChannel(primary));
+        };
+        if !p.offered || p.rescinded {
+            return Err(VmbusError::NotOffered(primary));
+        }
+        let (class_id, instance_id, params) = (p.class_id, p.instance_id, p.params.clone());
+        let sub_index = st
+            .channels
+            .values()
+            .filter(|c| c.primary == Some(primary))
+            .map(|c| c.sub_index)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or(VmbusError::TooManyChannels)?;
+        let relid = (1..MAX_RELID)
+            .find(|r| !st.channels.contains_key(r))
+            .ok_or(VmbusError::TooManyChannels)?;
+        let Some(conn) = st.conn.clone() else {
+            return Err(VmbusError::NotOffered(primary));
+        };
+        self.register_port(relid);
+        lock(&self.stats).channels.entry(relid).or_default().device = name.clone();
+        let ch = Channel {
+            rt: Arc::new(ChannelRt::new(relid, vsp)),
+            class_id,
+            instance_id,
+            params,
+            sub_index,
+            primary: Some(primary),
+            offered: true,
+            rescinded: false,
+            open: None,
+        };
+        self.post_conn(&conn, Self::offer_message(relid, &ch));
+        lock(&self.stats).offers_sent += 1;
+        tracing::info!(relid, primary, sub_index, device = %name, "VMBus sub-channel offered");
+        st.channels.insert(relid, ch);
+        Ok(relid)
+    }
+
     pub fn rescind(&self, relid: u32) -> Result<(), VmbusError> {
         let mut st = lock(&self.state);
+        // A device's sub-channels go with it.
+        let subs: Vec<u32> = st
+            .channels
+            .iter()
+            .filter(|(_, c)| c.primary == Some(relid))
+            .map(|(&r, _)| r)
+            .collect();
+        for sub in subs {
+            self.rescind_locked(&mut st, sub)?;
+        }
+        self.rescind_locked(&mut st, relid)
+    }
+
+    fn rescind_locked(&self, st: &mut State, relid: u32) -> Result<(), VmbusError> {
         let Some(ch) = st.channels.get(&relid) else {
             return Err(VmbusError::NoSuchChannel(relid));
         };
@@ -810,7 +892,7 @@ impl Inner {
             return Ok(());
         }
         let offered = ch.offered;
-        self.close_locked(&mut st, relid);
+        self.close_locked(st, relid);
         match st.conn.clone().filter(|_| offered) {
             Some(conn) => {
                 if let Some(ch) = st.channels.get_mut(&relid) {
@@ -842,6 +924,8 @@ impl Inner {
                 offered: c.offered,
                 open: c.open.is_some(),
                 rescinded: c.rescinded,
+                sub_channel_index: c.sub_index,
+                primary: c.primary,
             })
             .collect()
     }

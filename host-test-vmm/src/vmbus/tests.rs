@@ -833,7 +833,7 @@ fn vmbus_guest_driver_end_to_end() {
     use hypercall::msr::GuestOsId;
     use vmbus_guest::channel::Received;
     use vmbus_guest::client::{ClientConfig, Event};
-    use vmbus_guest::driver::VmBus;
+    use vmbus_guest::driver::{Polled, VmBus};
     const POLLS: u64 = 1_000;
 
     let p = InProcess::new(1, RAM).unwrap();
@@ -898,6 +898,33 @@ fn vmbus_guest_driver_end_to_end() {
     let mut signalled = Vec::new();
     bus.take_channel_interrupts(|r| signalled.push(r)).unwrap();
     assert_eq!(signalled, vec![relid]);
+    // A sub-channel offer, as the client classifies it.
+    let mut cmd = ECHO_MAGIC.to_vec();
+    cmd.extend_from_slice(&super::echo::CMD_SUBCHANNEL.to_le_bytes());
+    cmd.extend_from_slice(&0u32.to_le_bytes());
+    let sig = ch.send(77, &[&cmd]).unwrap();
+    bus.signal_if(ch.connection_id(), sig).unwrap();
+    let end = Instant::now() + WAIT;
+    let sub = loop {
+        assert!(Instant::now() < end, "no sub-channel offer");
+        match bus.poll().unwrap() {
+            Some(Polled::Event(Event::Offer {
+                relid: r,
+                subchannel_of,
+            })) => {
+                assert_eq!(subchannel_of, Some(relid));
+                break r;
+            }
+            Some(other) => panic!("{other:?}"),
+            None => std::thread::sleep(Duration::from_micros(100)),
+        }
+    };
+    while ch.recv(&mut buf).unwrap().is_none() {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    let sig = ch.commit_reads().unwrap();
+    bus.signal_if(ch.connection_id(), sig).unwrap();
+    assert_eq!(bus.client().channel(sub).unwrap().class(), ECHO_CLASS_ID);
     // ModifyChannel (5.3: answered).
     bus.client_mut().modify_channel(relid, 0).unwrap();
     let e = bus
@@ -910,7 +937,18 @@ fn vmbus_guest_driver_end_to_end() {
     let (_ch, _) = bus
         .open_channel(relid, &pages, 4, 0, [0; 120], POLLS)
         .unwrap();
+    // (The sub-channel goes first, then its primary.)
     server.rescind(relid).unwrap();
+    let e = bus
+        .wait(POLLS, |e| matches!(e, Event::Rescinded { .. }))
+        .unwrap();
+    assert_eq!(
+        e,
+        Event::Rescinded {
+            relid: sub,
+            was_open: false
+        }
+    );
     let e = bus
         .wait(POLLS, |e| matches!(e, Event::Rescinded { .. }))
         .unwrap();
@@ -944,7 +982,7 @@ fn vmbus_guest_driver_end_to_end() {
     assert_eq!(server.monitor_pages(), None);
     let s = server.stats();
     assert_eq!(s.messages_rejected, 0, "{s:#?}");
-    assert_eq!(s.rescinds_sent, 1);
+    assert_eq!(s.rescinds_sent, 2);
 }
 
 /// Echo traffic on two channels from two guest threads (VPs 0 and 1) while
@@ -1185,4 +1223,99 @@ fn unsendable_packets_are_refused_without_breaking_the_channel() {
         assert_eq!(&p[..2], &[1, 1]);
     }
     assert_eq!(g.server.stats().channels[&ch.relid].ring_errors, 0);
+}
+
+#[test]
+fn subchannels() {
+    let g = Guest::new();
+    assert_eq!(
+        g.server.add_subchannel(1, Box::new(EchoVsp::new(0))),
+        Err(VmbusError::NoSuchChannel(1))
+    );
+    g.server.add_device(Box::new(EchoVsp::new(0))).unwrap();
+    assert_eq!(
+        g.server.add_subchannel(1, Box::new(EchoVsp::new(0))),
+        Err(VmbusError::NotOffered(1))
+    );
+    g.connect(Version::WIN10_V5_3);
+    let offers = g.request_offers();
+    let primary = offers[0];
+    let mut ch = g.open(&primary, 3, 3, 0);
+    // The echo device asks for a sub-channel in-band.
+    let mut cmd = ECHO_MAGIC.to_vec();
+    cmd.extend_from_slice(&super::echo::CMD_SUBCHANNEL.to_le_bytes());
+    cmd.extend_from_slice(&0u32.to_le_bytes());
+    g.send(&mut ch, 1, false, &cmd);
+    assert_eq!(g.receive(&mut ch).1, 1);
+    let sub = match g.recv().parse().unwrap() {
+        ChannelMessage::OfferChannel(o) => o,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (sub.if_type, sub.if_instance),
+        (primary.if_type, primary.if_instance)
+    );
+    assert_eq!(sub.sub_channel_index, 1);
+    assert_ne!(sub.child_relid, primary.child_relid);
+    assert_eq!(sub.connection_id, 0x2000 | sub.child_relid);
+    // A second one through the library API gets index 2.
+    let r3 = g
+        .server
+        .add_subchannel(primary.child_relid, Box::new(EchoVsp::new(0)))
+        .unwrap();
+    match g.recv().parse().unwrap() {
+        ChannelMessage::OfferChannel(o) => {
+            assert_eq!((o.child_relid, o.sub_channel_index), (r3, 2))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        g.server.add_subchannel(r3, Box::new(EchoVsp::new(0))),
+        Err(VmbusError::NoSuchChannel(r3)),
+        "a sub-channel of a sub-channel"
+    );
+    // The sub-channel carries its own traffic.
+    let mut sch = g.open(&sub, 3, 3, 1);
+    g.send(&mut sch, 9, true, b"on the sub-channel");
+    assert_eq!(g.receive(&mut sch).1, 9);
+    assert_eq!(g.receive(&mut sch).0, PacketType::COMPLETION);
+    assert_eq!(g.server.stats().channels[&sub.child_relid].packets_in, 1);
+    // Rescinding the primary rescinds its sub-channels too.
+    g.server.rescind(primary.child_relid).unwrap();
+    let mut rescinded: Vec<u32> = (0..3)
+        .map(|_| match g.recv().parse().unwrap() {
+            ChannelMessage::RescindChannelOffer(r) => r.child_relid,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    rescinded.sort_unstable();
+    let mut want = vec![primary.child_relid, sub.child_relid, r3];
+    want.sort_unstable();
+    assert_eq!(rescinded, want);
+    // After an unload, only the device's primary channel is offered again.
+    g.post(&ChannelMessage::Unload);
+    assert!(matches!(
+        g.recv().parse().unwrap(),
+        ChannelMessage::UnloadResponse
+    ));
+    assert!(g.server.channels().is_empty());
+    g.server.add_device(Box::new(EchoVsp::new(0))).unwrap();
+    g.connect(Version::WIN10_V5_3);
+    let again = g.request_offers();
+    assert_eq!(again.len(), 1);
+    let relid = again[0].child_relid;
+    g.server
+        .add_subchannel(relid, Box::new(EchoVsp::new(0)))
+        .unwrap();
+    assert!(matches!(
+        g.recv().parse().unwrap(),
+        ChannelMessage::OfferChannel(_)
+    ));
+    g.post(&ChannelMessage::Unload);
+    assert!(matches!(
+        g.recv().parse().unwrap(),
+        ChannelMessage::UnloadResponse
+    ));
+    assert_eq!(g.server.channels().len(), 1);
+    assert_eq!(g.server.channels()[0].sub_channel_index, 0);
 }
