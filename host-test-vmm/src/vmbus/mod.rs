@@ -10,7 +10,8 @@
 //!   1..2047, `monitor_allocated = 0`, `is_dedicated_interrupt = 1`, event
 //!   connection id `0x2000 | relid`), then AllOffersDelivered; devices added
 //!   later are offered at once (hot-add), [`VmbusServer::rescind`] rescinds
-//!   and waits for RelIdReleased before the relid is reused;
+//!   and waits for RelIdReleased before the relid is reused, and
+//!   [`VmbusServer::add_subchannel`] offers sub-channels of a device;
 //! - assembles GPADLs from header and body messages, every PFN checked to be
 //!   guest RAM; opens channels over the ring GPADL (`vmbus_guest`'s ring
 //!   over the guest pages), closes them, tears GPADLs down, handles Unload
