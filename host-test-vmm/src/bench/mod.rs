@@ -1,0 +1,10 @@
+//! Benchmarks (`host-test-vmm bench ...`): each prints a table and writes
+//! JSON. They compare side by side in one run and report ratios, because this
+//! machine is noisy and its KVM emulates guest CPL0 code: absolute times mean
+//! little, ratios and counts (exits, notifications per operation) do.
+
+pub mod hypercall;
+
+pub use hypercall::{
+    hypercall_round_trip, BenchError, HypercallBenchConfig, HypercallBenchReport, Side,
+};
