@@ -4,7 +4,8 @@
 //! interrupts enabled, so nothing here needs a lock.
 
 use core::arch::{asm, x86_64::_rdtsc};
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::apic;
 
@@ -25,6 +26,11 @@ static STAMPS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 static SINT_SEEN_TYPE: [AtomicU32; 16] = [const { AtomicU32::new(0) }; 16];
 /// Address of the SIM page once the SynIC is on (0 before).
 static SIMP_ADDR: AtomicUsize = AtomicUsize::new(0);
+
+/// A `*const &dyn Fn()` the handler of vector [`HOOK_VECTOR`] calls (null: none).
+static HOOK: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
+/// The vector whose handler runs [`HOOK`].
+static HOOK_VECTOR: AtomicU8 = AtomicU8::new(0);
 
 /// Lets SINT handlers snapshot the message slot they were raised for.
 pub fn set_simp(addr: usize) {
@@ -79,6 +85,16 @@ pub fn dispatch(vector: u8) {
             let ty = unsafe { core::ptr::read_volatile((simp + sint * 256) as *const u32) };
             SINT_SEEN_TYPE[sint].store(ty, Ordering::Release);
         }
+        if vector == HOOK_VECTOR.load(Ordering::Acquire) {
+            let hook = HOOK.load(Ordering::Acquire);
+            if !hook.is_null() {
+                // SAFETY: `with_sint_hook` stored a pointer to a `&dyn Fn()` in its own
+                // frame and clears it (interrupts off) before that frame ends; only this
+                // CPU runs, so while the pointer is set the frame is alive.
+                let f = unsafe { *hook.cast_const().cast::<&dyn Fn()>() };
+                f();
+            }
+        }
     }
     apic::eoi();
 }
@@ -108,6 +124,34 @@ pub fn wait_until(max_ticks: u64, mut done: impl FnMut() -> bool) -> bool {
         // watchdog tick guarantees one arrives.
         unsafe { asm!("sti; hlt", options(nostack)) };
     }
+}
+
+/// Runs `body` while SINT `sint`'s handler calls `hook` (after its snapshot,
+/// before the EOI, interrupts off): the VMBus checks' interrupt service routine.
+pub fn with_sint_hook<R>(sint: u8, hook: &dyn Fn(), body: impl FnOnce() -> R) -> R {
+    let slot: &dyn Fn() = hook;
+    let ptr = ptr::from_ref(&slot).cast_mut().cast::<()>();
+    without_interrupts(|| {
+        HOOK_VECTOR.store(SINT_VECTOR_BASE + (sint & 15), Ordering::Release);
+        HOOK.store(ptr, Ordering::Release);
+    });
+    let r = body();
+    without_interrupts(|| HOOK.store(ptr::null_mut(), Ordering::Release));
+    r
+}
+
+/// Runs `f` with interrupts off, then restores the interrupt flag as it was
+/// (so it nests inside `wait_until`'s condition, which runs with them off).
+pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    let flags: u64;
+    // SAFETY: reads RFLAGS through the stack and masks interrupts; touches no
+    // Rust-visible memory.
+    unsafe { asm!("pushfq", "pop {}", "cli", out(reg) flags) };
+    let r = f();
+    if flags & (1 << 9) != 0 {
+        enable();
+    }
+    r
 }
 
 /// Enables interrupts on this CPU.

@@ -16,6 +16,7 @@ mod idt;
 mod irq;
 mod pages;
 mod platform;
+mod vmbus;
 
 use core::arch::global_asm;
 use core::panic::PanicInfo;
@@ -128,6 +129,9 @@ fn run<P: Platform>(p: &P, info: &hypercall::cpuid::HvCpuidInfo, tsc_hz: u64) {
             checks::stimer_oneshot(p, synic, clock);
         }
         checks::stimer_periodic(p, info, clock);
+    }
+    if let (Some(hv), Some(synic)) = (&hv, &synic) {
+        vmbus::run(hv, synic);
     }
 }
 

@@ -9,6 +9,16 @@ static SIEFP: Page = Page::new();
 static TSC: Page = Page::new();
 static INPUT: Page = Page::new();
 static CRASH: Page = Page::new();
+static VMBUS_INPUT: Page = Page::new();
+static RING: [Page; RING_PAGES] = [const { Page::new() }; RING_PAGES];
+static GPADL: [Page; GPADL_PAGES] = [const { Page::new() }; GPADL_PAGES];
+
+/// Pages of one VMBus channel's rings: guest -> host first, then host -> guest,
+/// each a control page and three data pages (12 KiB of ring each).
+pub const RING_PAGES: usize = 8;
+/// Pages of the GPADL that is only created and torn down: more than a GPADL
+/// header holds (26 PFNs), so a body message is needed.
+pub const GPADL_PAGES: usize = 32;
 
 /// The hypercall page (the hypervisor overlays its code here).
 pub fn hypercall() -> PageRef<'static> {
@@ -38,4 +48,20 @@ pub fn input() -> PageRef<'static> {
 /// Page for the crash message handed to the host on panic.
 pub fn crash() -> PageRef<'static> {
     PageRef::identity_mapped(&CRASH)
+}
+
+/// Hypercall input page of the VMBus driver (its SINT2 interrupt routine posts
+/// messages, so it must not share the checks' input page).
+pub fn vmbus_input() -> PageRef<'static> {
+    PageRef::identity_mapped(&VMBUS_INPUT)
+}
+
+/// The VMBus ring pages (the same pages serve each channel opened in turn).
+pub fn ring() -> [PageRef<'static>; RING_PAGES] {
+    vmbus_guest::ring::identity_mapped_refs(&RING)
+}
+
+/// The pages of the multi-page GPADL.
+pub fn gpadl() -> [PageRef<'static>; GPADL_PAGES] {
+    vmbus_guest::ring::identity_mapped_refs(&GPADL)
 }

@@ -4,7 +4,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 /// Every check the guest reports, in run order (the names the VMM expects).
-pub const ALL_CHECKS: [&str; 11] = [
+pub const ALL_CHECKS: [&str; 19] = [
     "cpuid-detect",
     "guest-os-id",
     "hypercall-page",
@@ -16,6 +16,14 @@ pub const ALL_CHECKS: [&str; 11] = [
     "signal-event",
     "stimer-oneshot",
     "stimer-periodic",
+    "vmbus-connect",
+    "vmbus-offers",
+    "vmbus-gpadl",
+    "vmbus-open",
+    "vmbus-echo",
+    "vmbus-ring-wrap",
+    "vmbus-close",
+    "vmbus-rescind",
 ];
 
 static PASSED: AtomicU32 = AtomicU32::new(0);
