@@ -8,6 +8,7 @@
 use serde_json::{Map, Value};
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -34,6 +35,8 @@ impl Dir {
 pub struct TraceWriter {
     out: Mutex<Box<dyn Write + Send>>,
     start: Instant,
+    /// A write failed (logged once; later lines are still attempted).
+    failed: AtomicBool,
 }
 
 impl std::fmt::Debug for TraceWriter {
@@ -48,6 +51,7 @@ impl TraceWriter {
         Self {
             out: Mutex::new(Box::new(out)),
             start: Instant::now(),
+            failed: AtomicBool::new(false),
         }
     }
 
@@ -101,7 +105,9 @@ impl TraceWriter {
         line.push('\n');
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = out.write_all(line.as_bytes()) {
-            tracing::warn!(error = %e, "VMBus trace write failed");
+            if !self.failed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "VMBus trace write failed (reported once)");
+            }
         }
     }
 }
