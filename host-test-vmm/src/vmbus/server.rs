@@ -48,6 +48,8 @@ pub const EVENT_CONNECTION_BASE: u32 = (VMBUS_SINT as u32) << 12;
 const MAX_BACKLOG: usize = 4096;
 /// Packets processed per channel before other work gets a turn.
 const BATCH: usize = 256;
+/// Dropped guest messages logged at warn level before switching to debug.
+const WARN_LIMIT: u64 = 100;
 /// How often the worker retries blocked channels and the message backlog.
 const POLL: Duration = Duration::from_millis(1);
 
@@ -333,8 +335,20 @@ impl Inner {
     // ---- guest -> host messages --------------------------------------------
 
     fn reject(&self, why: &str, detail: &dyn std::fmt::Debug) {
-        tracing::warn!(why, detail = ?detail, "VMBus message from the guest dropped");
-        lock(&self.stats).messages_rejected += 1;
+        let n = {
+            let mut s = lock(&self.stats);
+            s.messages_rejected += 1;
+            s.messages_rejected
+        };
+        // A hostile guest must not be able to flood the host's log.
+        if n <= WARN_LIMIT {
+            tracing::warn!(why, detail = ?detail, "VMBus message from the guest dropped");
+            if n == WARN_LIMIT {
+                tracing::warn!("further dropped VMBus messages are logged at debug level");
+            }
+        } else {
+            tracing::debug!(why, detail = ?detail, "VMBus message from the guest dropped");
+        }
     }
 
     /// Handler of the message connections (1, 4): runs on the posting
