@@ -31,7 +31,9 @@ use vmbus_guest::client::{
 use vmbus_guest::driver::{DriverError, Polled, VmBus};
 use vmbus_guest::message::{GpadlMessages, PfnSource};
 use vmbus_guest::packet::{PacketType, PacketView, TRAILER_SIZE};
-use vmbus_guest::ring::{control, OutgoingPacket, PageRefRing, RingError, RingMemory};
+use vmbus_guest::ring::{
+    control, OutgoingPacket, PageRefRing, RingError, RingMemory, SignalNeeded,
+};
 use vmbus_guest::version::{Version, VMBUS_SINT};
 use vmbus_guest::Guid;
 
@@ -99,6 +101,10 @@ const STREAM_SIZES: [usize; 6] = [24, 200, 1500, 8, 700, 333];
 const STREAM_PACKETS: usize = 48;
 /// Packets in flight at once while streaming.
 const STREAM_WINDOW: usize = 16;
+/// Flood: 36 KiB of payload, more than both 12 KiB rings hold together.
+const FLOOD_SIZES: [usize; 2] = [2000, 1000];
+const FLOOD_PACKETS: usize = 24;
+const FLOOD_WINDOW: usize = 32;
 
 type Bus<'a, P> = VmBus<'a, P, 8, 8, 8>;
 type Ring<'p> = PageRefRing<'p, 'static>;
@@ -584,7 +590,11 @@ struct PhaseStats {
 
 enum Sent {
     Sent(Expect),
-    Full { retry: bool },
+    /// The outbound ring has no room for `needed` bytes now (0: too many
+    /// requests outstanding).
+    Full {
+        needed: u32,
+    },
 }
 
 /// An open channel with its traffic accounting.
@@ -620,7 +630,16 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
         self.sh.with(|b| b.signal(conn))
     }
 
-    fn send_one(&mut self, tx: &mut [u8], it: &Item, seed: u32) -> Result<Sent, EchoError> {
+    /// Sends one item. With `stage`, a packet without completion request is
+    /// only staged (published by the next commit: a request's send, or
+    /// [`Self::commit`] at the end of the burst), so a burst costs one signal.
+    fn send_one(
+        &mut self,
+        tx: &mut [u8],
+        it: &Item,
+        seed: u32,
+        stage: bool,
+    ) -> Result<Sent, EchoError> {
         let mut cmd = None;
         let len = match it.command {
             Some((c, a)) => {
@@ -643,6 +662,13 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
         let ring_bytes = OutgoingPacket::inband(0, false, &parts).ring_bytes();
         let sent = if it.completion {
             self.chan.send_request(&parts)
+        } else if stage {
+            let tid = self.next_plain;
+            self.chan
+                .sender()
+                .stage(&OutgoingPacket::inband(tid, false, &parts))
+                .map(|()| (tid, SignalNeeded(false)))
+                .map_err(ChannelError::Ring)
         } else {
             let tid = self.next_plain;
             self.chan.send(tid, &parts).map(|s| (tid, s))
@@ -670,14 +696,23 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
                 }))
             }
             Err(ChannelError::Ring(RingError::NotEnoughSpace { needed, .. })) => {
-                // Ask the host to signal once it made room (pending_send_sz).
                 self.stats.ring_full += 1;
-                let retry = self.chan.sender().request_space(needed as u32)?;
-                Ok(Sent::Full { retry })
+                Ok(Sent::Full {
+                    needed: needed as u32,
+                })
             }
-            Err(ChannelError::TooManyPending) => Ok(Sent::Full { retry: false }),
+            Err(ChannelError::TooManyPending) => Ok(Sent::Full { needed: 0 }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Publishes staged packets; signals the host if the ring was empty.
+    fn commit(&mut self) -> Result<(), EchoError> {
+        if self.chan.sender().commit()?.needed() {
+            self.signal()?;
+            self.stats.signals += 1;
+        }
+        Ok(())
     }
 
     /// Reads every reply there is (interrupt mask set while draining, re-check
@@ -713,14 +748,16 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
         }
     }
 
-    /// Sends `count` items (at most `window` replies outstanding) and verifies
-    /// every reply; waits only for channel interrupts.
+    /// Sends `count` items (at most `window` replies outstanding; with `stage`
+    /// each burst is published by one commit) and verifies every reply; waits
+    /// only for channel interrupts.
     fn run(
         &mut self,
         bufs: &mut Buffers,
         count: usize,
         item: impl Fn(usize) -> Item,
         window: usize,
+        stage: bool,
     ) -> Result<PhaseStats, EchoError> {
         self.stats = PhaseStats::default();
         let (irq0, sint0) = (chan_irqs(self.relid), sint2_irqs());
@@ -732,18 +769,24 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
             let mut retry = false;
             while next < count && q.len() < window {
                 let seed = self.seed_base.wrapping_add(next as u32);
-                match self.send_one(&mut bufs.tx, &item(next), seed) {
-                    Ok(Sent::Sent(e)) => {
+                match self.send_one(&mut bufs.tx, &item(next), seed, stage)? {
+                    Sent::Sent(e) => {
                         let _ = q.push_back(e);
                         next += 1;
                     }
-                    Ok(Sent::Full { retry: r }) => {
-                        retry = r;
+                    Sent::Full { needed } => {
+                        // Publish what is staged first (a commit clears
+                        // pending_send_sz), then ask the host to signal once
+                        // it made room.
+                        self.commit()?;
+                        if needed != 0 {
+                            retry = self.chan.sender().request_space(needed)?;
+                        }
                         break;
                     }
-                    Err(e) => return Err(e),
                 }
             }
+            self.commit()?;
             let got = self.drain(&mut bufs.rx, &mut q)?;
             if next == count && q.is_empty() {
                 break Ok(());
@@ -772,7 +815,7 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
             completion: false,
             command: Some((cmd, arg)),
         };
-        self.run(bufs, 1, |_| it, 1).map(|_| ())
+        self.run(bufs, 1, |_| it, 1, false).map(|_| ())
     }
 
     /// The host's indices: (outbound write, outbound read, inbound write, inbound read).
@@ -1179,6 +1222,7 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
             command: None,
         },
         1,
+        false,
     );
     let stream = ping.and_then(|_| {
         link.run(
@@ -1190,11 +1234,35 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
                 command: None,
             },
             STREAM_WINDOW,
+            true,
+        )
+    });
+    // Flood: more than both rings hold, read only once the outbound ring is
+    // full, so the host fills the inbound ring and waits for room
+    // (pending_send_sz, our signal after reading), and we wait for room in
+    // the outbound ring (our pending_send_sz, the host's signal).
+    let flood = stream.and_then(|_| {
+        link.run(
+            bufs,
+            FLOOD_PACKETS,
+            |k| Item {
+                size: FLOOD_SIZES[k % FLOOD_SIZES.len()],
+                completion: false,
+                command: None,
+            },
+            FLOOD_WINDOW,
+            false,
         )
     });
     let (e1, first_error) = link.sh.errors();
     let p = ping.unwrap_or_default();
     let s = stream.unwrap_or_default();
+    let f = flood.unwrap_or_default();
+    let flood_ok = f.packets as usize == FLOOD_PACKETS
+        && f.replies == f.packets
+        && f.ring_full > 0
+        && f.space_signals > 0
+        && f.irqs > 0;
     let phase_ok = |st: &PhaseStats, want: usize| {
         st.packets as usize == want
             && st.replies == st.packets + st.completions_requested
@@ -1208,13 +1276,15 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
         && stream.is_ok()
         && phase_ok(&p, PINGPONG.len())
         && phase_ok(&s, STREAM_PACKETS)
+        && flood.is_ok()
+        && flood_ok
         && link.chan.pending().is_empty()
         && e1 == e0;
-    let error = ping.err().or(stream.err());
+    let error = ping.err().or(stream.err()).or(flood.err());
     check!(
         "vmbus-echo",
         ok,
-        "relid={} pingpong: packets={} payload_bytes={} sizes={}..{} with_completion={} replies={} completions={} guest_signals={} host_irqs={} sint2_irqs={} | stream(window {STREAM_WINDOW}): packets={} payload_bytes={} with_completion={} replies={} completions={} guest_signals={} host_irqs={} sint2_irqs={} ring_full={} space_signals={} | notifications per packet: guest->host {}/{} host->guest {}/{} | error={} host_errors={}",
+        "relid={} pingpong: packets={} payload_bytes={} sizes={}..{} with_completion={} replies={} completions={} guest_signals={} host_irqs={} sint2_irqs={} | stream(window {STREAM_WINDOW}): packets={} payload_bytes={} with_completion={} replies={} completions={} guest_signals={} host_irqs={} sint2_irqs={} ring_full={} space_signals={} | flood(window {FLOOD_WINDOW}): packets={} payload_bytes={} replies={} guest_signals={} host_irqs={} outbound_full={} host_waited_space_signals={} | notifications per packet: guest->host {}/{} host->guest {}/{} | error={} host_errors={}",
         link.relid,
         p.packets,
         p.bytes,
@@ -1236,6 +1306,13 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
         s.sint_irqs,
         s.ring_full,
         s.space_signals,
+        f.packets,
+        f.bytes,
+        f.replies,
+        f.signals,
+        f.irqs,
+        f.ring_full,
+        f.space_signals,
         s.signals,
         s.packets,
         s.irqs,
@@ -1368,6 +1445,7 @@ fn rescind_check<P: Platform>(
                 command: None,
             },
             2,
+            false,
         )?;
         let sint0 = sint2_irqs();
         let mark = sh.mark();
