@@ -35,10 +35,13 @@ impl Default for OfferParams {
 #[error("device refused the open: {0}")]
 pub struct OpenRefused(pub String);
 
-/// A virtual service provider: one offered device. Callbacks run on the
-/// server's threads and must not block for long: `on_open`/`on_close` on
-/// the vCPU thread that posted the control message, `on_packet` on the
-/// server's worker thread.
+/// A virtual service provider: one offered device. Callbacks must not block
+/// for long: `on_open` runs on the vCPU thread that posted OpenChannel,
+/// `on_packet` on the server's worker thread, `on_close` on whichever thread
+/// closes the channel (a vCPU, the worker, or a caller of
+/// `VmbusServer::{rescind, reset, shutdown}`). They run under the server's
+/// locks: from a callback, use the [`ChannelHandle`]'s `request_*` methods,
+/// never `VmbusServer` methods (those would deadlock).
 pub trait Vsp: Send {
     /// A short name for logs, trace and stats ("echo", "storvsp", ...).
     fn name(&self) -> &str;
