@@ -24,8 +24,10 @@
 //!   records every access so driver sequences can be asserted exactly).
 //!
 //! # Example
-//! The init sequence, the SynIC and a message, against the scripted platform:
-//! ```
+//! The init sequence, the SynIC and a message, against the scripted platform (this exact code
+//! runs as the unit test `tests::crate_docs_example`, because the scripted platform needs the
+//! `test-platform` feature, which doc tests do not get):
+//! ```ignore
 //! use hypercall::hv::{Hypervisor, SintConfig, SynIc};
 //! use hypercall::msr::{self, GuestOsId};
 //! use hypercall::page::{Page, PageRef};
@@ -74,3 +76,48 @@ pub mod testing;
 pub mod tsc;
 
 pub use platform::Platform;
+
+#[cfg(test)]
+mod tests {
+    /// The crate-level example, verbatim.
+    #[test]
+    fn crate_docs_example() -> Result<(), crate::hv::Error> {
+        use crate as hypercall;
+        use hypercall::hv::{Hypervisor, SintConfig, SynIc};
+        use hypercall::msr::{self, GuestOsId};
+        use hypercall::page::{Page, PageRef};
+        use hypercall::synic::{HvMessage, MessageType};
+        use hypercall::testing::ScriptedPlatform;
+
+        let platform = ScriptedPlatform::default(); // a typical Hyper-V host
+        let (code, simp, siefp, input) = (Page::new(), Page::new(), Page::new(), Page::new());
+        let hv = Hypervisor::init(
+            &platform,
+            GuestOsId::open_source_id(0x7F, 1, 0),
+            PageRef::new(code.words(), 0x10_0000).unwrap(),
+        )?;
+        assert!(hv.info().has_synic());
+
+        let synic = SynIc::enable(
+            &platform,
+            PageRef::new(simp.words(), 0x10_1000).unwrap(),
+            PageRef::new(siefp.words(), 0x10_2000).unwrap(),
+            &[(2, SintConfig::interrupt(0xF3))],
+        )?;
+        hv.post_message(
+            &PageRef::new(input.words(), 0x10_3000).unwrap(),
+            4,
+            MessageType::VMBUS,
+            b"hi",
+        )?;
+
+        // The host answers into SINT2's slot; the guest consumes it with the EOM protocol.
+        let reply = HvMessage::new(MessageType::VMBUS, b"hello").unwrap();
+        synic
+            .simp()
+            .write_bytes(2 * 256, zerocopy::IntoBytes::as_bytes(&reply));
+        assert_eq!(synic.take_message(2)?.unwrap().payload(), b"hello");
+        assert!(!platform.msr_writes().iter().any(|&(m, _)| m == msr::EOM)); // nothing was pending
+        Ok(())
+    }
+}
