@@ -195,6 +195,10 @@ impl ChannelHandle {
                     return Err(send_error(e));
                 }
             }
+            // Counted and traced before the guest can see them.
+            for p in packets {
+                server.packet_sent(self.rt.relid, p);
+            }
             match o.ring.commit() {
                 Ok(s) => s.needed(),
                 Err(e) => {
@@ -204,9 +208,6 @@ impl ChannelHandle {
                 }
             }
         };
-        for p in packets {
-            server.packet_sent(self.rt.relid, p);
-        }
         if signal {
             self.signal_guest(&server);
         } else {
