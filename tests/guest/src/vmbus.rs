@@ -261,6 +261,7 @@ enum Failure {
     Timeout(&'static str),
     Status(&'static str, u32),
     Echo(EchoError),
+    InStep(&'static str, EchoError),
     Other(&'static str),
 }
 
@@ -277,6 +278,7 @@ impl fmt::Display for Failure {
             Self::Timeout(what) => write!(f, "no {what} within {PROMPT_TICKS} ticks"),
             Self::Status(what, s) => write!(f, "{what} status {s:#x}"),
             Self::Echo(e) => e.fmt(f),
+            Self::InStep(step, e) => write!(f, "{step}: {e}"),
             Self::Other(s) => f.write_str(s),
         }
     }
@@ -338,6 +340,21 @@ impl fmt::Display for EchoError {
                 "{what}: expected tid {tid:#x} len {len}, got tid {got_tid:#x}, at byte {at}"
             ),
         }
+    }
+}
+
+/// `6.0,5.3`.
+struct Versions<'v>(&'v [Version]);
+
+impl fmt::Display for Versions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            v.fmt(f)?;
+        }
+        Ok(())
     }
 }
 
@@ -750,7 +767,8 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
 
     /// Sends `count` items (at most `window` replies outstanding; with `stage`
     /// each burst is published by one commit) and verifies every reply; waits
-    /// only for channel interrupts.
+    /// only for channel interrupts. The phase's counters are in `self.stats`
+    /// afterwards, also when it failed.
     fn run(
         &mut self,
         bufs: &mut Buffers,
@@ -758,13 +776,28 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
         item: impl Fn(usize) -> Item,
         window: usize,
         stage: bool,
-    ) -> Result<PhaseStats, EchoError> {
+    ) -> Result<(), EchoError> {
         self.stats = PhaseStats::default();
         let (irq0, sint0) = (chan_irqs(self.relid), sint2_irqs());
+        let result = self.run_phase(bufs, count, item, window, stage);
+        self.seed_base = self.seed_base.wrapping_add(count as u32);
+        self.stats.irqs = chan_irqs(self.relid).wrapping_sub(irq0);
+        self.stats.sint_irqs = sint2_irqs().wrapping_sub(sint0);
+        result
+    }
+
+    fn run_phase(
+        &mut self,
+        bufs: &mut Buffers,
+        count: usize,
+        item: impl Fn(usize) -> Item,
+        window: usize,
+        stage: bool,
+    ) -> Result<(), EchoError> {
         let mut q: Deque<Expect, 32> = Deque::new();
         let window = window.clamp(1, q.capacity());
         let mut next = 0;
-        let result = loop {
+        loop {
             let seen = chan_irqs(self.relid);
             let mut retry = false;
             while next < count && q.len() < window {
@@ -789,23 +822,19 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
             self.commit()?;
             let got = self.drain(&mut bufs.rx, &mut q)?;
             if next == count && q.is_empty() {
-                break Ok(());
+                return Ok(());
             }
             if got > 0 || retry {
                 continue;
             }
             self.stats.waits += 1;
             if !irq::wait_until(PROMPT_TICKS, || chan_irqs(self.relid) != seen) {
-                break Err(EchoError::Timeout {
+                return Err(EchoError::Timeout {
                     sent: next,
                     outstanding: q.len(),
                 });
             }
-        };
-        self.seed_base = self.seed_base.wrapping_add(count as u32);
-        self.stats.irqs = chan_irqs(self.relid).wrapping_sub(irq0);
-        self.stats.sint_irqs = sint2_irqs().wrapping_sub(sint0);
-        result.map(|()| self.stats)
+        }
     }
 
     /// Sends one control command (echoed first, then acted on).
@@ -815,7 +844,7 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
             completion: false,
             command: Some((cmd, arg)),
         };
-        self.run(bufs, 1, |_| it, 1, false).map(|_| ())
+        self.run(bufs, 1, |_| it, 1, false)
     }
 
     /// The host's indices: (outbound write, outbound read, inbound write, inbound read).
@@ -962,7 +991,7 @@ fn checks<P: Platform>(sh: &Shared<'_, P>, bufs: &mut Buffers) {
     let mark = sh.mark();
     let hot1 = link
         .command(bufs, CMD_HOT_ADD, 1)
-        .map_err(Failure::from)
+        .map_err(|e| Failure::InStep("hot-add command on echo 0", e))
         .and_then(|()| wait_offer(sh, mark));
 
     if !close_check(sh, link, ring_gpadl) {
@@ -1013,10 +1042,10 @@ fn connect_and_offers<P: Platform>(sh: &Shared<'_, P>) -> Option<u32> {
     check!(
         "vmbus-connect",
         ok,
-        "version={} msg_conn_id={conn} tried={:?} refused={:?} sint2_irqs={irqs} post={} host_errors={errors} first_error={}",
+        "version={} msg_conn_id={conn} tried={} refused={} sint2_irqs={irqs} post={} host_errors={errors} first_error={}",
         ShowErr(version),
-        VERSIONS.iter().take(refused.len() + 1).collect::<heapless::Vec<_, 9>>(),
-        refused,
+        Versions(&VERSIONS[..(refused.len() + 1).min(VERSIONS.len())]),
+        Versions(&refused),
         ShowErr(posted.err()),
         ShowErr(first_error)
     );
@@ -1224,7 +1253,8 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
         1,
         false,
     );
-    let stream = ping.and_then(|_| {
+    let p = link.stats;
+    let stream = ping.and_then(|()| {
         link.run(
             bufs,
             STREAM_PACKETS,
@@ -1237,11 +1267,16 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
             true,
         )
     });
+    let s = if ping.is_ok() {
+        link.stats
+    } else {
+        PhaseStats::default()
+    };
     // Flood: more than both rings hold, read only once the outbound ring is
     // full, so the host fills the inbound ring and waits for room
     // (pending_send_sz, our signal after reading), and we wait for room in
     // the outbound ring (our pending_send_sz, the host's signal).
-    let flood = stream.and_then(|_| {
+    let flood = stream.and_then(|()| {
         link.run(
             bufs,
             FLOOD_PACKETS,
@@ -1254,10 +1289,12 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
             false,
         )
     });
+    let f = if stream.is_ok() {
+        link.stats
+    } else {
+        PhaseStats::default()
+    };
     let (e1, first_error) = link.sh.errors();
-    let p = ping.unwrap_or_default();
-    let s = stream.unwrap_or_default();
-    let f = flood.unwrap_or_default();
     let flood_ok = f.packets as usize == FLOOD_PACKETS
         && f.replies == f.packets
         && f.ring_full > 0
@@ -1446,10 +1483,12 @@ fn rescind_check<P: Platform>(
             },
             2,
             false,
-        )?;
+        )
+        .map_err(|e| Failure::InStep("echo on device 1", e))?;
         let sint0 = sint2_irqs();
         let mark = sh.mark();
-        link.command(bufs, CMD_RESCIND, 0)?;
+        link.command(bufs, CMD_RESCIND, 0)
+            .map_err(|e| Failure::InStep("rescind command", e))?;
         let was_open = match sh.wait_event(
             mark,
             |e| matches!(e, Event::Rescinded { relid, .. } if *relid == hot1),
@@ -1472,7 +1511,8 @@ fn rescind_check<P: Platform>(
         let (chan, gpadl0) = open_channel(sh, relid0, ring)?;
         let mut link = Link::new(sh, relid0, chan);
         let mark = sh.mark();
-        link.command(bufs, CMD_HOT_ADD, 2)?;
+        link.command(bufs, CMD_HOT_ADD, 2)
+            .map_err(|e| Failure::InStep("hot-add command after the release", e))?;
         let hot2 = wait_offer(sh, mark)?;
         let hot2_is_echo2 = irq::without_interrupts(|| sh_is_echo(sh, hot2, 2));
         drop(link);
