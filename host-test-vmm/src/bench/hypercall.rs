@@ -365,11 +365,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn guest_code_has_the_loops_and_ends_with_the_debug_exit() {
+    fn guest_code_has_the_loops_the_debug_exit_and_the_stub() {
         let code = guest_code(&HypercallBenchConfig::default());
         assert!(code.windows(2).any(|w| w == [0xE7, BARE_EXIT_PORT]));
-        assert!(code.windows(2).any(|w| w == [0xFF, 0xD0]));
-        assert!(code.ends_with(&[0xE7, 0xF4, 0xF4]));
+        assert_eq!(code.windows(2).filter(|w| *w == [0xFF, 0xD0]).count(), 2);
+        assert!(code.windows(3).any(|w| w == [0xE7, 0xF4, 0xF4]));
+        // The stub is the hypercall page's code with the OUT replaced by a NOP.
+        assert!(code.ends_with(&[0xF3, 0x0F, 0x1E, 0xFA, 0x66, 0x90, 0xC3]));
     }
 
     #[test]
