@@ -1275,7 +1275,8 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
     // Flood: more than both rings hold, read only once the outbound ring is
     // full, so the host fills the inbound ring and waits for room
     // (pending_send_sz, our signal after reading), and we wait for room in
-    // the outbound ring (our pending_send_sz, the host's signal).
+    // the outbound ring (our pending_send_sz, the host's signal). Every reply
+    // must still arrive, in order.
     let flood = stream.and_then(|()| {
         link.run(
             bufs,
@@ -1295,10 +1296,13 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
         PhaseStats::default()
     };
     let (e1, first_error) = link.sh.errors();
+    // The outbound ring must have filled (we read nothing until then, and the
+    // flood exceeds both rings). Whether the host was still waiting for room
+    // when we read (our space signal) depends on its thread's timing, and it
+    // also polls, so that count is reported, not required.
     let flood_ok = f.packets as usize == FLOOD_PACKETS
         && f.replies == f.packets
         && f.ring_full > 0
-        && f.space_signals > 0
         && f.irqs > 0;
     let phase_ok = |st: &PhaseStats, want: usize| {
         st.packets as usize == want
