@@ -61,6 +61,21 @@ enum BenchCmd {
         #[arg(long, default_value = "target/bench/hypercall.json")]
         json: PathBuf,
     },
+    /// VMBus ring throughput vs the rtrb SPSC queue (64-byte packets) and memcpy (4 KiB).
+    Ring {
+        /// 64-byte packets per side per round (the 4 KiB sides move packets / 16).
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Rounds (each runs every side, in alternating order; the median round counts).
+        #[arg(long, default_value_t = 7)]
+        rounds: u32,
+        /// Packets per commit on the VMBus ring, items per rtrb slice operation.
+        #[arg(long, default_value_t = 16)]
+        batch: u32,
+        /// Where to write the JSON result.
+        #[arg(long, default_value = "target/bench/ring.json")]
+        json: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -118,6 +133,27 @@ fn bench_hypercall(
     Ok(())
 }
 
+fn bench_ring(
+    packets: u64,
+    rounds: u32,
+    batch: u32,
+    json: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let report = bench::ring_throughput(bench::RingBenchConfig {
+        packets,
+        rounds,
+        batch,
+        ..bench::RingBenchConfig::default()
+    })?;
+    print!("{}", report.to_table());
+    if let Some(dir) = json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(json, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("JSON written to {}", json.display());
+    Ok(())
+}
+
 fn run(kernel: &Path, c: Common) -> Result<bool, VmmError> {
     let mut cfg = VmConfig::from_file(kernel)?;
     cfg.cpus = c.cpus;
@@ -165,6 +201,23 @@ fn main() -> ExitCode {
                 },
         } => {
             return match bench_hypercall(iterations, rounds, &json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("host-test-vmm bench: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::Bench {
+            which:
+                BenchCmd::Ring {
+                    packets,
+                    rounds,
+                    batch,
+                    json,
+                },
+        } => {
+            return match bench_ring(packets, rounds, batch, &json) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("host-test-vmm bench: {e}");

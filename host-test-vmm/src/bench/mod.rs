@@ -4,7 +4,9 @@
 //! little, ratios and counts (exits, notifications per operation) do.
 
 pub mod hypercall;
+pub mod ring;
 
 pub use hypercall::{
     hypercall_round_trip, BenchError, HypercallBenchConfig, HypercallBenchReport, Side,
 };
+pub use ring::{ring_throughput, RingBenchConfig, RingBenchError, RingBenchReport};
