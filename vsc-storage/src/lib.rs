@@ -27,6 +27,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod scsi;
 pub mod sense;
 pub mod vstor;
