@@ -239,6 +239,16 @@ impl<'a, P: Platform> Shared<'a, P> {
         found
     }
 
+    /// The interrupt routine's work, run by the checks (interrupts off).
+    fn service_now(&self) {
+        irq::without_interrupts(|| self.isr());
+    }
+
+    /// The first logged event from `mark` on that satisfies `pred`, now.
+    fn find(&self, mark: usize, pred: impl Fn(&Event) -> bool) -> Option<(usize, Event)> {
+        irq::without_interrupts(|| self.log.borrow().find(mark, pred))
+    }
+
     /// Calls `f` with every logged event from `mark` on.
     fn each_since(&self, mark: usize, mut f: impl FnMut(usize, &Event)) {
         irq::without_interrupts(|| {
@@ -1006,9 +1016,17 @@ fn connect_and_offers<P: Platform>(sh: &Shared<'_, P>) -> Option<u32> {
     let sint0 = sint2_irqs();
     let mark = sh.mark();
     let posted = sh.request(|c| c.connect());
-    let answer = sh.wait_event(mark, |e| {
-        matches!(e, Event::Connected { .. } | Event::ConnectFailed)
-    });
+    let answered = |e: &Event| matches!(e, Event::Connected { .. } | Event::ConnectFailed);
+    let mut answer = sh.wait_event(mark, answered);
+    let mut polled = false;
+    if answer.is_none() {
+        // A host that refuses the connection ids altogether sends no message,
+        // hence no interrupt: the driver keeps the refusals it saw while
+        // posting until the next poll. Collect them for the report.
+        sh.service_now();
+        answer = sh.find(mark, answered);
+        polled = true;
+    }
     let mut refused: heapless::Vec<Version, 8> = heapless::Vec::new();
     sh.each_since(mark, |_, e| {
         if let Event::VersionRefused { version } = e {
@@ -1042,12 +1060,18 @@ fn connect_and_offers<P: Platform>(sh: &Shared<'_, P>) -> Option<u32> {
     check!(
         "vmbus-connect",
         ok,
-        "version={} msg_conn_id={conn} tried={} refused={} sint2_irqs={irqs} post={} host_errors={errors} first_error={}",
+        "version={} msg_conn_id={conn} tried={} refused={} sint2_irqs={irqs} post={} host_errors={errors} first_error={}{}",
         ShowErr(version),
         Versions(&VERSIONS[..(refused.len() + 1).min(VERSIONS.len())]),
         Versions(&refused),
         ShowErr(posted.err()),
-        ShowErr(first_error)
+        ShowErr(first_error),
+        match (answer, polled) {
+            (Some((_, Event::ConnectFailed)), _) => " answer=ConnectFailed",
+            (None, _) => " answer=none",
+            (_, true) => " answer=found only by polling",
+            _ => "",
+        }
     );
     version?;
 
