@@ -36,9 +36,9 @@ pub fn serve_one<M: RingMemory, const P: usize, S: IcService>(
     endpoint: &mut Endpoint<S>,
     buf: &mut [u8],
 ) -> Result<(Option<Served>, SignalNeeded), ChannelError> {
-    let (range, transaction_id, inband) = match channel.recv(buf)? {
-        None => return Ok((None, SignalNeeded(false))),
-        Some(Received::Packet(p)) => {
+    let (range, transaction_id, inband) = match channel.recv(buf) {
+        Ok(None) => return Ok((None, SignalNeeded(false))),
+        Ok(Some(Received::Packet(p))) => {
             let d = p.descriptor();
             (
                 d.data_offset()..d.len(),
@@ -46,12 +46,13 @@ pub fn serve_one<M: RingMemory, const P: usize, S: IcService>(
                 p.packet_type() == PacketType::DATA_INBAND,
             )
         }
-        // We never send requests on an IC channel, so `recv` reports any completion as
-        // unknown; this arm cannot match, but is consumed like any other packet.
-        Some(Received::Completion { .. }) => {
+        // An IC channel never sends requests, so every completion from the host is unknown to
+        // the channel (which consumed it): drop it like any other stray packet.
+        Ok(Some(Received::Completion { .. })) | Err(ChannelError::UnknownTransaction(_)) => {
             let s = channel.commit_reads()?;
             return Ok((Some(Served::Dropped(IcError::NotInband)), s));
         }
+        Err(e) => return Err(e),
     };
     let commit = channel.commit_reads()?;
     if !inband {

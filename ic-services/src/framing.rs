@@ -21,8 +21,9 @@ pub const PIPE_HEADER_SIZE: usize = 8;
 pub const IC_HEADER_SIZE: usize = 20;
 /// Where the message body starts in the packet payload (Linux `ICMSG_HDR`, fact sheet §7.2).
 pub const BODY_OFFSET: usize = PIPE_HEADER_SIZE + IC_HEADER_SIZE;
-/// The largest IC message openvmm accepts (fact sheet §7.2); Linux reads up to 16 KiB for KVP.
-pub const MAX_MESSAGE_SIZE: usize = 13312;
+/// The largest IC message accepted or built: Linux's KVP read limit, 16 KiB (fact sheet §7.2;
+/// openvmm caps at 13312, and the largest real message, KVP's IP-info exchange, is smaller).
+pub const MAX_MESSAGE_SIZE: usize = 16384;
 
 /// The named-pipe header in front of every IC message (fact sheet §7.2, payload offsets 0..8).
 #[derive(

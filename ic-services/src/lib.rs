@@ -44,3 +44,6 @@ pub mod vss;
 pub use framing::{IcError, IcFlags, IcHeader, IcMessageType, IcVersion, Status};
 pub use negotiate::{Negotiated, ServiceVersions};
 pub use service::{Endpoint, Handled, IcService};
+
+#[cfg(test)]
+mod tests;
