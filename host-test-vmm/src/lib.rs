@@ -12,8 +12,11 @@
 //!   into [`hv`].
 //! - [`vmbus`]: the VMBus server and the devices (VSPs) it offers, on top of
 //!   [`hv`]'s SynIC and hypercalls.
+//! - [`storage`]: the storage VSP (synthetic SCSI controller over VMBus)
+//!   with disks from raw image files.
 //! - [`bench`]: benchmarks that run on a real partition.
 pub mod bench;
 pub mod hv;
+pub mod storage;
 pub mod vmbus;
 pub mod vmm;
