@@ -84,6 +84,20 @@ impl KvpPool {
     pub const AUTO_INTERNAL: Self = Self(4);
 }
 
+/// The AUTO-pool keys the Linux daemon returns, in its enumeration order (fact sheet §7.4).
+pub const AUTO_POOL_KEYS: [&str; 10] = [
+    "FullyQualifiedDomainName",
+    "IntegrationServicesVersion",
+    "NetworkAddressIPv4",
+    "NetworkAddressIPv6",
+    "OSBuildNumber",
+    "OSName",
+    "OSMajorVersion",
+    "OSMinorVersion",
+    "OSVersion",
+    "ProcessorArchitecture",
+];
+
 /// Value type of a record.
 pub mod value_type {
     /// A UTF-16 string (what Linux always answers).

@@ -23,6 +23,29 @@
 //! - **Host side** ([`host`]): builds each request and parses each guest answer with the same
 //!   types; `host-test-vmm`'s IC devices use it.
 //!
+//! # Example: a guest heartbeat endpoint, and the host's side of one exchange
+//! ```
+//! use ic_services::heartbeat::Heartbeat;
+//! use ic_services::host::{self, RequestHeader};
+//! use ic_services::{Endpoint, IcVersion, Status};
+//!
+//! let mut guest = Endpoint::new(Heartbeat::new());
+//! let (mut req, mut resp) = ([0u8; 256], [0u8; 256]);
+//!
+//! // Negotiation: the host offers framework 3.0 and message versions 3.0 and 1.0.
+//! let v3 = IcVersion::new(3, 0);
+//! let n = host::build_negotiate(&mut req, 1, &[v3], &[v3, IcVersion::new(1, 0)]).unwrap();
+//! let m = guest.handle(&req[..n], &mut resp).unwrap();
+//! let (_, chosen) = host::parse_negotiate_response(&resp[..m]).unwrap();
+//! let chosen = chosen.unwrap();
+//! assert_eq!(chosen.message, v3);
+//!
+//! // A heartbeat: the guest answers seq + 1.
+//! let n = host::build_heartbeat(&mut req, &RequestHeader::new(chosen, 2), 41).unwrap();
+//! let m = guest.handle(&req[..n], &mut resp).unwrap();
+//! assert_eq!(host::parse_heartbeat_response(&resp[..m]).unwrap(), (Status::OK, 42));
+//! ```
+//!
 //! The host is untrusted: every size and count is checked; a message with broken framing is an
 //! [`IcError`] (no answer), a well-framed message the guest cannot accept is answered with an
 //! error status (E_FAIL, INVALID_ARG, NOT_SUPPORTED). Nothing here panics on input.
@@ -43,7 +66,7 @@ pub mod vss;
 
 pub use framing::{IcError, IcFlags, IcHeader, IcMessageType, IcVersion, Status};
 pub use negotiate::{Negotiated, ServiceVersions};
-pub use service::{Endpoint, Handled, IcService};
+pub use service::{class_info, Endpoint, Handled, IcService};
 
 #[cfg(test)]
 mod tests;

@@ -10,8 +10,23 @@
 
 use crate::framing::{self, IcError, IcFlags, IcMessageType, Status};
 use crate::negotiate::{self, Negotiated, ServiceVersions};
+use vmbus_guest::guid::{self, Guid};
 use zerocopy::little_endian::U16;
 use zerocopy::IntoBytes;
+
+/// The message type and Linux's version lists of the IC whose channel has class `class` (an
+/// offer's interface type, `vmbus_guest::guid::class`), or `None` for other devices.
+pub fn class_info(class: &Guid) -> Option<(IcMessageType, ServiceVersions)> {
+    Some(match *class {
+        c if c == guid::class::HEARTBEAT => (IcMessageType::HEARTBEAT, ServiceVersions::HEARTBEAT),
+        c if c == guid::class::SHUTDOWN => (IcMessageType::SHUTDOWN, ServiceVersions::SHUTDOWN),
+        c if c == guid::class::TIMESYNC => (IcMessageType::TIMESYNC, ServiceVersions::TIMESYNC),
+        c if c == guid::class::KVP => (IcMessageType::KVP_EXCHANGE, ServiceVersions::KVP),
+        c if c == guid::class::VSS => (IcMessageType::VSS, ServiceVersions::VSS),
+        c if c == guid::class::FCOPY => (IcMessageType::FCOPY, ServiceVersions::FCOPY),
+        _ => return None,
+    })
+}
 
 /// One IC service's message handling, behind an [`Endpoint`].
 pub trait IcService {

@@ -199,7 +199,8 @@ impl<C: ClockAdjust> TimeSync<C> {
     }
 }
 
-/// Decodes a time-sync body in the layout of message version `version`.
+/// Decodes a time-sync body in the layout of message version `major`.x (4 and up: v4, below:
+/// v3); `None` if the body is shorter than that layout's minimum.
 pub fn parse_body(major: u16, body: &[u8]) -> Option<TimeSample> {
     if major >= 4 {
         let b = read_body::<TimeSyncV4Body>(body, V4_MIN_BODY_SIZE).ok()?;

@@ -252,3 +252,30 @@ fn builders_check_buffer_size() {
         Err(crate::IcError::BadField)
     );
 }
+
+// §7.1: the IC class GUIDs map to their message types and §7.3 version lists.
+#[test]
+fn class_mapping() {
+    use crate::class_info;
+    use vmbus_guest::guid::class;
+    assert_eq!(
+        class_info(&class::HEARTBEAT),
+        Some((IcMessageType::HEARTBEAT, ServiceVersions::HEARTBEAT))
+    );
+    assert_eq!(
+        class_info(&class::SHUTDOWN).unwrap().0,
+        IcMessageType::SHUTDOWN
+    );
+    assert_eq!(
+        class_info(&class::TIMESYNC).unwrap().0,
+        IcMessageType::TIMESYNC
+    );
+    assert_eq!(
+        class_info(&class::KVP).unwrap().0,
+        IcMessageType::KVP_EXCHANGE
+    );
+    assert_eq!(class_info(&class::VSS).unwrap().1, ServiceVersions::VSS);
+    assert_eq!(class_info(&class::FCOPY).unwrap().0, IcMessageType::FCOPY);
+    assert_eq!(class_info(&class::SCSI), None);
+    assert_eq!(crate::kvp::AUTO_POOL_KEYS[0], "FullyQualifiedDomainName");
+}
