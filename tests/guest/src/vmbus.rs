@@ -987,7 +987,13 @@ fn checks<P: Platform>(sh: &Shared<'_, P>, bufs: &mut Buffers) {
         return;
     };
     let gpadl = gpadl_create(sh, relid);
+    channel_checks(sh, relid, bufs);
+    // Whatever happened to the channel, the GPADL is torn down at the end.
+    gpadl_teardown(sh, gpadl);
+}
 
+/// `vmbus-open`, `vmbus-echo`, `vmbus-ring-wrap`, `vmbus-close`, `vmbus-rescind`.
+fn channel_checks<P: Platform>(sh: &Shared<'_, P>, relid: u32, bufs: &mut Buffers) {
     let ring = pages::ring();
     let Some((chan, ring_gpadl)) = open_check(sh, relid, &ring) else {
         return;
@@ -1008,7 +1014,6 @@ fn checks<P: Platform>(sh: &Shared<'_, P>, bufs: &mut Buffers) {
         return;
     }
     rescind_check(sh, relid, &ring, bufs, hot1);
-    gpadl_teardown(sh, gpadl);
 }
 
 /// `vmbus-connect` and `vmbus-offers`; returns the echo device's relid.
