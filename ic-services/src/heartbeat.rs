@@ -82,7 +82,7 @@ impl IcService for Heartbeat {
         hb.seq_num = U64::new(seq.wrapping_add(1));
         write_body(&hb, body);
         self.last_seq = Some(seq);
-        self.count += 1;
+        self.count = self.count.wrapping_add(1);
         Status::OK
     }
 }

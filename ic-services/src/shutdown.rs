@@ -4,7 +4,7 @@
 //! does ([`Shutdown::take_accepted`]).
 #![forbid(unsafe_code)]
 
-use crate::framing::{read_body, IcMessageType, Status};
+use crate::framing::{IcMessageType, Status};
 use crate::negotiate::{Negotiated, ServiceVersions};
 use crate::service::IcService;
 use core::mem::{offset_of, size_of};
@@ -150,14 +150,12 @@ impl<H: ShutdownHandler> IcService for Shutdown<H> {
     const VERSIONS: ServiceVersions = ServiceVersions::SHUTDOWN;
 
     fn handle_body(&mut self, _versions: Negotiated, body: &mut [u8]) -> Status {
-        let Ok(msg) = read_body::<ShutdownBody>(body, MIN_BODY_SIZE) else {
+        // Only the three numbers are needed; the message is passed as the bytes sent.
+        let Ok(([reason, timeout, flags], _)) = <[U32; 3]>::read_from_prefix(body) else {
             return Status::E_FAIL;
         };
-        let Some(action) = ShutdownAction::from_flags(
-            msg.flags.get(),
-            msg.reason_code.get(),
-            msg.timeout_seconds.get(),
-        ) else {
+        let Some(action) = ShutdownAction::from_flags(flags.get(), reason.get(), timeout.get())
+        else {
             return Status::E_FAIL;
         };
         let text = &body[MIN_BODY_SIZE..body.len().min(BODY_SIZE)];
