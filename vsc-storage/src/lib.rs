@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod device;
 pub mod scsi;
 pub mod sense;
 pub mod vstor;
