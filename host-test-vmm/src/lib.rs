@@ -14,9 +14,15 @@
 //!   [`hv`]'s SynIC and hypercalls.
 //! - [`storage`]: the storage VSP (synthetic SCSI controller over VMBus)
 //!   with disks from raw image files.
+//! - [`ic`]: the host integration components (heartbeat, shutdown, time
+//!   sync, KVP, VSS, file copy) as VSPs.
+//! - [`api`]: the control API of a running partition (HTTP/1.1 + JSON on a
+//!   unix socket) and its `ctl` client.
 //! - [`bench`]: benchmarks that run on a real partition.
+pub mod api;
 pub mod bench;
 pub mod hv;
+pub mod ic;
 pub mod storage;
 pub mod vmbus;
 pub mod vmm;

@@ -98,6 +98,10 @@ struct Common {
     /// Write the decoded VMBus traffic (control messages and ring packets) as JSON lines.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// A disk on the synthetic SCSI controller (storvsp): path=IMAGE[,readonly=on][,lun=N]
+    /// (a raw image file or block device; repeatable; LUNs default to the lowest free).
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<host_test_vmm::storage::DiskSpec>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -163,12 +167,29 @@ fn run(kernel: &Path, c: Common) -> Result<bool, VmmError> {
         ReportFormat::Text => SerialOutput::Stdout,
     });
     cfg.timeout = (c.timeout > 0).then(|| Duration::from_secs(c.timeout));
-    if let Some(path) = &c.trace {
-        let trace = TraceWriter::to_file(path).map_err(|source| VmmError::TraceFile {
-            path: path.clone(),
-            source,
-        })?;
-        cfg.hv = hv_glue::hyperv_with_vmbus(HvFeatures::default(), Some(Arc::new(trace)));
+    let trace = match &c.trace {
+        Some(path) => Some(Arc::new(TraceWriter::to_file(path).map_err(|source| {
+            VmmError::TraceFile {
+                path: path.clone(),
+                source,
+            }
+        })?)),
+        None => None,
+    };
+    let storage = if c.disks.is_empty() {
+        None
+    } else {
+        let cc = host_test_vmm::storage::ControllerConfig {
+            trace: trace.clone(),
+            ..Default::default()
+        };
+        Some(
+            host_test_vmm::storage::StorageController::with_disks(cc, &c.disks)
+                .map_err(|e| VmmError::Hv(format!("storage: {e}")))?,
+        )
+    };
+    if trace.is_some() || storage.is_some() {
+        cfg.hv = hv_glue::hyperv_with_vmbus_storage(HvFeatures::default(), trace, storage);
     }
     let out = vmm::run(cfg)?;
     match c.report {

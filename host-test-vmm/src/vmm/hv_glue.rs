@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use super::error::VmmError;
 use super::irq::{KvmGuestTsc, MsiInterruptSink};
 use crate::hv;
+use crate::storage::StorageController;
 use crate::vmbus::echo::EchoVsp;
 use crate::vmbus::{TraceWriter, VmbusOptions, VmbusServer, VmbusStats};
 
@@ -70,6 +71,11 @@ pub trait HvPort: Send + Sync {
     /// Back to power-on state.
     /// The VMBus server's counters, when the partition has one.
     fn vmbus_stats(&self) -> Option<VmbusStats> {
+        None
+    }
+    /// The storage controller (storvsp), when the partition has one (the
+    /// control API hot-adds and removes disks through it).
+    fn storage(&self) -> Option<Arc<StorageController>> {
         None
     }
     fn reset(&self);
@@ -230,6 +236,7 @@ pub fn hyperv(features: hv::HvFeatures, test_services: bool) -> HvFactory {
 pub struct HyperVWithVmbus {
     hv: Arc<hv::Hypervisor>,
     vmbus: Arc<VmbusServer>,
+    storage: Option<Arc<StorageController>>,
 }
 
 impl HyperVWithVmbus {
@@ -274,6 +281,9 @@ impl HvPort for HyperVWithVmbus {
     fn vmbus_stats(&self) -> Option<VmbusStats> {
         Some(self.vmbus.stats())
     }
+    fn storage(&self) -> Option<Arc<StorageController>> {
+        self.storage.clone()
+    }
     fn reset(&self) {
         // The bus first: it must not deliver into pages the reset is about to forget.
         self.vmbus.reset();
@@ -289,6 +299,17 @@ impl HvPort for HyperVWithVmbus {
 /// test device (docs/ARCHITECTURE.md, "VMBus test device"); `trace` receives
 /// the decoded VMBus traffic.
 pub fn hyperv_with_vmbus(features: hv::HvFeatures, trace: Option<Arc<TraceWriter>>) -> HvFactory {
+    hyperv_with_vmbus_storage(features, trace, None)
+}
+
+/// [`hyperv_with_vmbus`], plus `storage`'s synthetic SCSI controller
+/// offered on the server (storvsp, class ba6163d9-04a1-4d29-b605-72e2ffb1dc7f)
+/// when given.
+pub fn hyperv_with_vmbus_storage(
+    features: hv::HvFeatures,
+    trace: Option<Arc<TraceWriter>>,
+    storage: Option<Arc<StorageController>>,
+) -> HvFactory {
     Arc::new(move |ctx: HvContext| {
         let cfg = hv::HvConfig {
             vp_count: ctx.vp_count,
@@ -308,7 +329,16 @@ pub fn hyperv_with_vmbus(features: hv::HvFeatures, trace: Option<Arc<TraceWriter
         vmbus
             .add_device(Box::new(EchoVsp::new(0)))
             .map_err(|e| VmmError::Hv(format!("VMBus echo device: {e}")))?;
-        Ok(Arc::new(HyperVWithVmbus { hv: h, vmbus }) as Arc<dyn HvPort>)
+        if let Some(storage) = &storage {
+            vmbus
+                .add_device(storage.vsp())
+                .map_err(|e| VmmError::Hv(format!("VMBus storage controller: {e}")))?;
+        }
+        Ok(Arc::new(HyperVWithVmbus {
+            hv: h,
+            vmbus,
+            storage: storage.clone(),
+        }) as Arc<dyn HvPort>)
     })
 }
 
