@@ -1017,16 +1017,8 @@ impl Cdb {
     /// `block_size`).
     pub fn data_length(&self, block_size: u32) -> u64 {
         match *self {
-            Self::TestUnitReady
-            | Self::SynchronizeCache(_)
-            | Self::StartStopUnit(_)
-            | Self::ReadCapacity10 => {
-                if matches!(self, Self::ReadCapacity10) {
-                    8
-                } else {
-                    0
-                }
-            }
+            Self::TestUnitReady | Self::SynchronizeCache(_) | Self::StartStopUnit(_) => 0,
+            Self::ReadCapacity10 => size_of::<ReadCapacity10Data>() as u64,
             Self::RequestSense {
                 allocation_length, ..
             } => allocation_length.into(),

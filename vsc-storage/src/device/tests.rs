@@ -489,3 +489,45 @@ fn dma_buf_bounds() {
     assert_eq!(p.len(), 100);
     assert!(b.prefix(8193).is_none());
 }
+
+proptest::proptest! {
+    // A hostile host writes arbitrary completions (any id, any bytes) into the real inbound
+    // ring: poll reports events or errors, never panics, and never completes more than asked.
+    #[test]
+    fn hostile_ring_completions(
+        replies in proptest::collection::vec(
+            (proptest::prop_oneof![proptest::strategy::Just((1u64 << 16) | 1), proptest::prelude::any::<u64>()],
+             proptest::collection::vec(proptest::prelude::any::<u8>(), 0..72)),
+            1..6)
+    ) {
+        let ring_pages: Box<[Page]> = (0..8).map(|_| Page::new()).collect();
+        let data_pages: Box<[Page]> = (0..2).map(|_| Page::new()).collect();
+        let ring_refs: Vec<PageRef<'_>> = ring_pages.iter().map(PageRef::identity_mapped).collect();
+        let data_refs: Vec<PageRef<'_>> = data_pages.iter().map(PageRef::identity_mapped).collect();
+        let (out, inb) = split_rings(&ring_refs, 4).unwrap();
+        let mut host_tx = RingSender::new(inb).unwrap();
+        let info = crate::client::DeviceInfo {
+            version: ProtocolVersion::WIN10,
+            properties: ChannelProperties { max_transfer_bytes: 0x10000, ..ChannelProperties::default() },
+            max_transfer_bytes: 0x10000,
+            queue_depth: 4,
+        };
+        let signal = |_: u32| true;
+        let mut dev: StorvscDevice<_, _, 4, 5> =
+            StorvscDevice::new_subchannel(Channel::new(out, inb, 1).unwrap(), signal, ClientConfig::default(), info);
+        let disk = Disk { lun: Lun::new(0), block_size: 512, blocks: 100, read_only: false, write_cache: false, discard: false, max_unmap_blocks: 0, device_type: 0 };
+        let buf = DmaBuf::new(&data_refs, 0x800, 4096).unwrap();
+        dev.submit_read(&disk, 0, 8, &buf).unwrap();
+        for (id, payload) in &replies {
+            let parts = [&payload[..]];
+            host_tx.try_write(&vmbus_guest::ring::OutgoingPacket::completion(*id, &parts)).unwrap();
+            let r = dev.poll(|e| {
+                if let Event::Completed { result: Ok(d), .. } = e {
+                    assert!(d.transferred <= 4096);
+                }
+            });
+            proptest::prop_assert!(r.is_ok());
+            proptest::prop_assert!(dev.client().outstanding() <= 1);
+        }
+    }
+}

@@ -388,3 +388,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn data_direction_and_length() {
+    let rw = ReadWrite {
+        size: CdbSize::Ten,
+        lba: 0,
+        blocks: 8,
+        fua: false,
+        dpo: false,
+    };
+    assert_eq!(Cdb::Read(rw).data_in(), Some(true));
+    assert_eq!(Cdb::Read(rw).data_length(512), 4096);
+    assert_eq!(Cdb::Write(rw).data_in(), Some(false));
+    assert_eq!(Cdb::Write(rw).data_length(4096), 32768);
+    assert_eq!(Cdb::TestUnitReady.data_in(), None);
+    assert_eq!(Cdb::TestUnitReady.data_length(512), 0);
+    assert_eq!(Cdb::ReadCapacity10.data_length(512), 8);
+    assert_eq!(
+        Cdb::Unmap {
+            anchor: false,
+            parameter_list_length: 24
+        }
+        .data_in(),
+        Some(false)
+    );
+    assert_eq!(
+        Cdb::ReportLuns {
+            select_report: 0,
+            allocation_length: 4096
+        }
+        .data_length(512),
+        4096
+    );
+}
