@@ -520,7 +520,7 @@ proptest::proptest! {
         dev.submit_read(&disk, 0, 8, &buf).unwrap();
         for (id, payload) in &replies {
             let parts = [&payload[..]];
-            host_tx.try_write(&vmbus_guest::ring::OutgoingPacket::completion(*id, &parts)).unwrap();
+            let _ = host_tx.try_write(&vmbus_guest::ring::OutgoingPacket::completion(*id, &parts)).unwrap();
             let r = dev.poll(|e| {
                 if let Event::Completed { result: Ok(d), .. } = e {
                     assert!(d.transferred <= 4096);
