@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
+use host_test_vmm::api;
 use host_test_vmm::bench;
 use host_test_vmm::hv::HvFeatures;
 use host_test_vmm::vmbus::TraceWriter;
@@ -39,6 +40,14 @@ enum Cmd {
     Demo {
         #[command(flatten)]
         common: Common,
+    },
+    /// Client of a running partition's control API: send one command, print the JSON reply.
+    Ctl {
+        /// The partition's control socket (`run|demo --api-socket PATH`).
+        #[arg(long, value_name = "PATH")]
+        api_socket: PathBuf,
+        #[command(subcommand)]
+        command: api::client::CtlCommand,
     },
     /// Benchmarks on a real partition: print a table and write JSON.
     Bench {
@@ -102,6 +111,9 @@ struct Common {
     /// (a raw image file or block device; repeatable; LUNs default to the lowest free).
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<host_test_vmm::storage::DiskSpec>,
+    /// Serve the control API (HTTP/1.1 + JSON) on this unix socket while the guest runs.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -158,7 +170,7 @@ fn bench_ring(
     Ok(())
 }
 
-fn run(kernel: &Path, c: Common) -> Result<bool, VmmError> {
+fn run(kernel: &Path, c: Common) -> Result<bool, Box<dyn std::error::Error>> {
     let mut cfg = VmConfig::from_file(kernel)?;
     cfg.cpus = c.cpus;
     cfg.memory = c.memory;
@@ -191,7 +203,10 @@ fn run(kernel: &Path, c: Common) -> Result<bool, VmmError> {
     if trace.is_some() || storage.is_some() {
         cfg.hv = hv_glue::hyperv_with_vmbus_storage(HvFeatures::default(), trace, storage);
     }
-    let out = vmm::run(cfg)?;
+    let out = match &c.api_socket {
+        Some(socket) => api::run_with_api(cfg, socket)?,
+        None => vmm::run(cfg)?,
+    };
     match c.report {
         ReportFormat::Json => println!("{}", out.report.to_json()),
         ReportFormat::Text => print!("\n{}", out.report.to_text()),
@@ -209,10 +224,29 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run { kernel, common } => run(&kernel, common),
-        Cmd::Demo { common } => {
-            vmm::guest_build::build_test_guest().and_then(|elf| run(&elf, common))
+        Cmd::Ctl {
+            api_socket,
+            command,
+        } => {
+            return match api::client::run_ctl(&api_socket, &command) {
+                Ok(reply) => {
+                    println!("{}", reply.body);
+                    if reply.ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("host-test-vmm ctl: {e}");
+                    ExitCode::from(2)
+                }
+            };
         }
+        Cmd::Run { kernel, common } => run(&kernel, common),
+        Cmd::Demo { common } => vmm::guest_build::build_test_guest()
+            .map_err(Into::into)
+            .and_then(|elf| run(&elf, common)),
         Cmd::Bench {
             which:
                 BenchCmd::Hypercall {

@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use super::error::VmmError;
 use super::irq::{KvmGuestTsc, MsiInterruptSink};
 use crate::hv;
+use crate::ic::{HostIcs, IcConfig};
 use crate::storage::StorageController;
 use crate::vmbus::echo::EchoVsp;
 use crate::vmbus::{TraceWriter, VmbusOptions, VmbusServer, VmbusStats};
@@ -76,6 +77,11 @@ pub trait HvPort: Send + Sync {
     /// The storage controller (storvsp), when the partition has one (the
     /// control API hot-adds and removes disks through it).
     fn storage(&self) -> Option<Arc<StorageController>> {
+        None
+    }
+    /// The host integration components, when the partition has them (the
+    /// control API drives them).
+    fn ics(&self) -> Option<HostIcs> {
         None
     }
     fn reset(&self);
@@ -237,6 +243,7 @@ pub struct HyperVWithVmbus {
     hv: Arc<hv::Hypervisor>,
     vmbus: Arc<VmbusServer>,
     storage: Option<Arc<StorageController>>,
+    ics: HostIcs,
 }
 
 impl HyperVWithVmbus {
@@ -247,6 +254,10 @@ impl HyperVWithVmbus {
     /// The VMBus server.
     pub fn vmbus(&self) -> &Arc<VmbusServer> {
         &self.vmbus
+    }
+    /// The host integration components offered on the server.
+    pub fn host_ics(&self) -> &HostIcs {
+        &self.ics
     }
 }
 
@@ -284,20 +295,25 @@ impl HvPort for HyperVWithVmbus {
     fn storage(&self) -> Option<Arc<StorageController>> {
         self.storage.clone()
     }
+    fn ics(&self) -> Option<HostIcs> {
+        Some(self.ics.clone())
+    }
     fn reset(&self) {
         // The bus first: it must not deliver into pages the reset is about to forget.
         self.vmbus.reset();
         HvPort::reset(&*self.hv);
     }
     fn shutdown(&self) {
+        self.ics.stop();
         self.vmbus.shutdown();
         HvPort::shutdown(&*self.hv);
     }
 }
 
 /// Hyper-V with the host test services and a VMBus server offering the echo
-/// test device (docs/ARCHITECTURE.md, "VMBus test device"); `trace` receives
-/// the decoded VMBus traffic.
+/// test device (docs/ARCHITECTURE.md, "VMBus test device") and the host
+/// integration components (heartbeat, shutdown, time sync, KVP, VSS, file
+/// copy); `trace` receives the decoded VMBus traffic.
 pub fn hyperv_with_vmbus(features: hv::HvFeatures, trace: Option<Arc<TraceWriter>>) -> HvFactory {
     hyperv_with_vmbus_storage(features, trace, None)
 }
@@ -334,9 +350,19 @@ pub fn hyperv_with_vmbus_storage(
                 .add_device(storage.vsp())
                 .map_err(|e| VmmError::Hv(format!("VMBus storage controller: {e}")))?;
         }
+        let clock = Arc::downgrade(&h);
+        let mut ic_cfg = IcConfig::new(Arc::new(move || {
+            clock.upgrade().map_or(0, |h| h.reference_time())
+        }));
+        ic_cfg.trace = trace.clone();
+        let ics = HostIcs::new(ic_cfg)
+            .map_err(|e| VmmError::Hv(format!("integration components: {e}")))?;
+        ics.register(&vmbus)
+            .map_err(|e| VmmError::Hv(format!("VMBus integration components: {e}")))?;
         Ok(Arc::new(HyperVWithVmbus {
             hv: h,
             vmbus,
+            ics,
             storage: storage.clone(),
         }) as Arc<dyn HvPort>)
     })
