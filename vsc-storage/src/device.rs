@@ -18,6 +18,12 @@
 //! spin at most `max_polls` rounds and then report [`DeviceError::Timeout`], so a host that
 //! never answers cannot hang the guest. An ENUMERATE_BUS (LUN hot-add/remove) is remembered
 //! for [`StorvscDevice::take_bus_changed`] and passed to `poll`'s callback.
+//!
+//! **Multi-queue.** After [`StorvscDevice::create_sub_channels`] returns `n`, the host offers
+//! `n` sub-channels (the same class and instance GUIDs, sub_channel_index 1..=n). Open each
+//! with `vmbus_guest` like the primary and wrap it in [`StorvscDevice::new_subchannel`] with
+//! the primary's [`DeviceInfo`]: every channel has its own request slots and transaction ids,
+//! so queues never share state.
 #![forbid(unsafe_code)]
 
 use crate::client::{
