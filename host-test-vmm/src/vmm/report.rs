@@ -25,6 +25,14 @@ pub const EXPECTED_CHECKS: &[&str] = &[
     "reference-tsc",
     "stimer-oneshot",
     "stimer-periodic",
+    "vmbus-connect",
+    "vmbus-offers",
+    "vmbus-gpadl",
+    "vmbus-open",
+    "vmbus-echo",
+    "vmbus-ring-wrap",
+    "vmbus-close",
+    "vmbus-rescind",
 ];
 
 /// One `hvkit-check:` line as the guest printed it.
