@@ -31,6 +31,8 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmbus_guest::guid::Guid;
 use vmbus_guest::packet::{PacketType, PacketView};
+use vsc_storage::scsi::Cdb;
+use vsc_storage::sense::SenseKey;
 use vsc_storage::vstor::{
     ChannelProperties, Operation, ProtocolVersion, SrbStatus, VstorPacket, VstorStatus,
 };
@@ -714,22 +716,21 @@ fn run_srb(
     let c = &s.counters;
     if let Some(sense) = r.sense {
         c.check_conditions.fetch_add(1, Ordering::SeqCst);
-        if sense.key == super::target::sense::MEDIUM_ERROR {
+        if sense.key == SenseKey::MEDIUM_ERROR {
             c.medium_errors.fetch_add(1, Ordering::SeqCst);
         }
     }
     if r.srb_status.is_success() {
-        use super::target::op;
-        match cmd.cdb[0] {
-            op::READ_6 | op::READ_10 | op::READ_16 => {
+        match Cdb::parse(cmd.cdb) {
+            Ok(Cdb::Read(_)) => {
                 c.bytes_read
                     .fetch_add(u64::from(r.transferred), Ordering::SeqCst);
             }
-            op::WRITE_6 | op::WRITE_10 | op::WRITE_16 => {
+            Ok(Cdb::Write(_)) => {
                 c.bytes_written
                     .fetch_add(u64::from(r.transferred), Ordering::SeqCst);
             }
-            op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
+            Ok(Cdb::SynchronizeCache(_)) => {
                 c.flushes.fetch_add(1, Ordering::SeqCst);
             }
             _ => {}
@@ -742,10 +743,10 @@ fn run_srb(
 fn completion_packet(req: &VstorPacket, r: &ScsiResult, version: ProtocolVersion) -> VstorPacket {
     let mut srb = req.srb();
     srb.srb_status = r.srb_status;
-    srb.scsi_status = r.scsi_status;
+    srb.scsi_status = r.scsi_status.0;
     srb.data_transfer_length = r.transferred;
     match r.sense {
-        Some(sense) => srb.set_sense(&sense.to_bytes(), version),
+        Some(sense) => srb.set_sense(&sense.to_fixed(), version),
         None => srb.set_sense(&[], version),
     }
     let mut out = VstorPacket::completion(VstorStatus::SUCCESS);

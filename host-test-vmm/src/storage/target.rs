@@ -16,7 +16,14 @@ use super::backend::DiskBackend;
 use super::buffer::DataBuffer;
 use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
+use vsc_storage::scsi::{
+    self, encode_lun, opcode, BlockLimitsVpd, Cdb, CdbError, LogicalBlockProvisioningVpd,
+    ModeParameterHeader10, ModeParameterHeader6, ReadCapacity10Data, ReadCapacity16Data, ReadWrite,
+    ReportLunsHeader, ScsiStatus, StandardInquiryData, UnmapList, VpdPageHeader,
+};
+use vsc_storage::sense::{AdditionalSense, Sense, SenseKey};
 use vsc_storage::vstor::SrbStatus;
+use zerocopy::IntoBytes;
 
 /// Logical block size of every disk.
 pub const BLOCK_SIZE: u32 = 512;
@@ -31,140 +38,49 @@ pub const REVISION: &[u8; 4] = b"0001";
 pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
 /// Most descriptors one UNMAP may carry (VPD 0xB0).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// VPD pages this target answers, in page 0x00 order.
+pub const VPD_PAGES: [u8; 6] = [
+    scsi::vpd::SUPPORTED_PAGES,
+    scsi::vpd::UNIT_SERIAL_NUMBER,
+    scsi::vpd::DEVICE_IDENTIFICATION,
+    scsi::vpd::BLOCK_LIMITS,
+    scsi::vpd::BLOCK_DEVICE_CHARACTERISTICS,
+    scsi::vpd::LOGICAL_BLOCK_PROVISIONING,
+];
 
-/// SCSI operation codes this target knows (SPC-4 / SBC-3).
-pub mod op {
-    /// TEST UNIT READY.
-    pub const TEST_UNIT_READY: u8 = 0x00;
-    /// REQUEST SENSE.
-    pub const REQUEST_SENSE: u8 = 0x03;
-    /// READ(6).
-    pub const READ_6: u8 = 0x08;
-    /// WRITE(6).
-    pub const WRITE_6: u8 = 0x0A;
-    /// INQUIRY.
-    pub const INQUIRY: u8 = 0x12;
-    /// MODE SENSE(6).
-    pub const MODE_SENSE_6: u8 = 0x1A;
-    /// START STOP UNIT.
-    pub const START_STOP_UNIT: u8 = 0x1B;
-    /// READ CAPACITY(10).
-    pub const READ_CAPACITY_10: u8 = 0x25;
-    /// READ(10).
-    pub const READ_10: u8 = 0x28;
-    /// WRITE(10).
-    pub const WRITE_10: u8 = 0x2A;
-    /// SYNCHRONIZE CACHE(10).
-    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
-    /// UNMAP.
-    pub const UNMAP: u8 = 0x42;
-    /// MODE SENSE(10).
-    pub const MODE_SENSE_10: u8 = 0x5A;
-    /// READ(16).
-    pub const READ_16: u8 = 0x88;
-    /// WRITE(16).
-    pub const WRITE_16: u8 = 0x8A;
-    /// SYNCHRONIZE CACHE(16).
-    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
-    /// SERVICE ACTION IN(16) (READ CAPACITY(16) is service action 0x10).
-    pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
-    /// REPORT LUNS.
-    pub const REPORT_LUNS: u8 = 0xA0;
-    /// READ CAPACITY(16) service action.
-    pub const SA_READ_CAPACITY_16: u8 = 0x10;
-
-    /// A name for the trace.
-    pub fn name(op: u8) -> &'static str {
-        match op {
-            TEST_UNIT_READY => "TEST_UNIT_READY",
-            REQUEST_SENSE => "REQUEST_SENSE",
-            READ_6 => "READ_6",
-            WRITE_6 => "WRITE_6",
-            INQUIRY => "INQUIRY",
-            MODE_SENSE_6 => "MODE_SENSE_6",
-            START_STOP_UNIT => "START_STOP_UNIT",
-            READ_CAPACITY_10 => "READ_CAPACITY_10",
-            READ_10 => "READ_10",
-            WRITE_10 => "WRITE_10",
-            SYNCHRONIZE_CACHE_10 => "SYNCHRONIZE_CACHE_10",
-            UNMAP => "UNMAP",
-            MODE_SENSE_10 => "MODE_SENSE_10",
-            READ_16 => "READ_16",
-            WRITE_16 => "WRITE_16",
-            SYNCHRONIZE_CACHE_16 => "SYNCHRONIZE_CACHE_16",
-            SERVICE_ACTION_IN_16 => "SERVICE_ACTION_IN_16",
-            REPORT_LUNS => "REPORT_LUNS",
-            0x41 => "WRITE_SAME_10",
-            0x93 => "WRITE_SAME_16",
-            0xA3 => "MAINTENANCE_IN",
-            0x5E => "PERSISTENT_RESERVE_IN",
-            0x5F => "PERSISTENT_RESERVE_OUT",
-            _ => "UNKNOWN",
-        }
-    }
-}
-
-/// SAM status CHECK CONDITION.
-pub const CHECK_CONDITION: u8 = 0x02;
-
-/// Sense keys, ASC/ASCQ this target reports (SPC-4 4.5.6, annex D).
-pub mod sense {
-    /// NO SENSE.
-    pub const NO_SENSE: u8 = 0x0;
-    /// MEDIUM ERROR.
-    pub const MEDIUM_ERROR: u8 = 0x3;
-    /// ILLEGAL REQUEST.
-    pub const ILLEGAL_REQUEST: u8 = 0x5;
-    /// DATA PROTECT.
-    pub const DATA_PROTECT: u8 = 0x7;
-    /// WRITE ERROR (MEDIUM ERROR).
-    pub const ASC_WRITE_ERROR: (u8, u8) = (0x0C, 0x00);
-    /// UNRECOVERED READ ERROR (MEDIUM ERROR).
-    pub const ASC_UNRECOVERED_READ_ERROR: (u8, u8) = (0x11, 0x00);
-    /// PARAMETER LIST LENGTH ERROR.
-    pub const ASC_PARAMETER_LIST_LENGTH: (u8, u8) = (0x1A, 0x00);
-    /// INVALID COMMAND OPERATION CODE.
-    pub const ASC_INVALID_OPCODE: (u8, u8) = (0x20, 0x00);
-    /// LOGICAL BLOCK ADDRESS OUT OF RANGE.
-    pub const ASC_LBA_OUT_OF_RANGE: (u8, u8) = (0x21, 0x00);
-    /// INVALID FIELD IN CDB.
-    pub const ASC_INVALID_FIELD_IN_CDB: (u8, u8) = (0x24, 0x00);
-    /// INVALID FIELD IN PARAMETER LIST.
-    pub const ASC_INVALID_FIELD_IN_PARAMETER_LIST: (u8, u8) = (0x26, 0x00);
-    /// WRITE PROTECTED.
-    pub const ASC_WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
-}
-
-/// Fixed-format sense data (SPC-4 4.5.3), 18 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sense {
-    /// Sense key.
-    pub key: u8,
-    /// Additional sense code.
-    pub asc: u8,
-    /// Qualifier.
-    pub ascq: u8,
-}
-
-impl Sense {
-    /// A sense from a key and an (ASC, ASCQ) pair.
-    pub const fn new(key: u8, code: (u8, u8)) -> Self {
-        Self {
-            key,
-            asc: code.0,
-            ascq: code.1,
-        }
-    }
-
-    /// The 18 bytes: current error, fixed format.
-    pub fn to_bytes(self) -> [u8; 18] {
-        let mut b = [0u8; 18];
-        b[0] = 0x70;
-        b[2] = self.key & 0xF;
-        b[7] = 10;
-        b[12] = self.asc;
-        b[13] = self.ascq;
-        b
+/// A name for an opcode in the trace.
+pub fn opcode_name(op: u8) -> &'static str {
+    match op {
+        opcode::TEST_UNIT_READY => "TEST_UNIT_READY",
+        opcode::REQUEST_SENSE => "REQUEST_SENSE",
+        opcode::READ_6 => "READ_6",
+        opcode::WRITE_6 => "WRITE_6",
+        opcode::INQUIRY => "INQUIRY",
+        opcode::MODE_SELECT_6 => "MODE_SELECT_6",
+        opcode::MODE_SENSE_6 => "MODE_SENSE_6",
+        opcode::START_STOP_UNIT => "START_STOP_UNIT",
+        opcode::PREVENT_ALLOW_MEDIUM_REMOVAL => "PREVENT_ALLOW_MEDIUM_REMOVAL",
+        opcode::READ_CAPACITY_10 => "READ_CAPACITY_10",
+        opcode::READ_10 => "READ_10",
+        opcode::WRITE_10 => "WRITE_10",
+        opcode::VERIFY_10 => "VERIFY_10",
+        opcode::SYNCHRONIZE_CACHE_10 => "SYNCHRONIZE_CACHE_10",
+        opcode::WRITE_SAME_10 => "WRITE_SAME_10",
+        opcode::UNMAP => "UNMAP",
+        opcode::MODE_SELECT_10 => "MODE_SELECT_10",
+        opcode::MODE_SENSE_10 => "MODE_SENSE_10",
+        opcode::PERSISTENT_RESERVE_IN => "PERSISTENT_RESERVE_IN",
+        opcode::PERSISTENT_RESERVE_OUT => "PERSISTENT_RESERVE_OUT",
+        opcode::ATA_16 => "ATA_16",
+        opcode::READ_16 => "READ_16",
+        opcode::WRITE_16 => "WRITE_16",
+        opcode::SYNCHRONIZE_CACHE_16 => "SYNCHRONIZE_CACHE_16",
+        opcode::WRITE_SAME_16 => "WRITE_SAME_16",
+        opcode::SERVICE_ACTION_IN_16 => "SERVICE_ACTION_IN_16",
+        opcode::REPORT_LUNS => "REPORT_LUNS",
+        opcode::ATA_12 => "ATA_12",
+        opcode::MAINTENANCE_IN => "MAINTENANCE_IN",
+        _ => "UNKNOWN",
     }
 }
 
@@ -174,8 +90,8 @@ pub struct ScsiResult {
     /// SRB status (with AUTOSENSE_VALID when `sense` is set).
     pub srb_status: SrbStatus,
     /// SAM status.
-    pub scsi_status: u8,
-    /// Sense data (CHECK CONDITION).
+    pub scsi_status: ScsiStatus,
+    /// Sense data (CHECK CONDITION), sent in fixed format.
     pub sense: Option<Sense>,
     /// Bytes moved.
     pub transferred: u32,
@@ -186,7 +102,7 @@ impl ScsiResult {
     pub fn good(transferred: u64) -> Self {
         Self {
             srb_status: SrbStatus::SUCCESS,
-            scsi_status: 0,
+            scsi_status: ScsiStatus::GOOD,
             sense: None,
             transferred: u32::try_from(transferred).unwrap_or(u32::MAX),
         }
@@ -196,25 +112,97 @@ impl ScsiResult {
     pub fn check(s: Sense) -> Self {
         Self {
             srb_status: SrbStatus::ERROR.with_autosense(),
-            scsi_status: CHECK_CONDITION,
+            scsi_status: ScsiStatus::CHECK_CONDITION,
             sense: Some(s),
             transferred: 0,
         }
+    }
+
+    /// CHECK CONDITION with `key` and `additional`.
+    pub fn check_with(key: SenseKey, additional: AdditionalSense) -> Self {
+        Self::check(Sense::new(key, additional))
     }
 
     /// A non-SCSI failure of the request itself (no sense).
     pub fn srb(status: SrbStatus) -> Self {
         Self {
             srb_status: status,
-            scsi_status: 0,
+            scsi_status: ScsiStatus::GOOD,
             sense: None,
             transferred: 0,
         }
     }
 }
 
-fn illegal(code: (u8, u8)) -> ScsiResult {
-    ScsiResult::check(Sense::new(sense::ILLEGAL_REQUEST, code))
+fn illegal(a: AdditionalSense) -> ScsiResult {
+    ScsiResult::check_with(SenseKey::ILLEGAL_REQUEST, a)
+}
+
+fn medium_error(write: bool) -> ScsiResult {
+    ScsiResult::check_with(
+        SenseKey::MEDIUM_ERROR,
+        if write {
+            AdditionalSense::WRITE_ERROR
+        } else {
+            AdditionalSense::UNRECOVERED_READ_ERROR
+        },
+    )
+}
+
+fn write_protected() -> ScsiResult {
+    ScsiResult::check_with(SenseKey::DATA_PROTECT, AdditionalSense::WRITE_PROTECTED)
+}
+
+/// The answer to a CDB [`Cdb::parse`] refused.
+fn cdb_error(e: CdbError) -> ScsiResult {
+    match e {
+        CdbError::Unsupported(_) | CdbError::Empty => {
+            illegal(AdditionalSense::INVALID_COMMAND_OPERATION_CODE)
+        }
+        CdbError::InvalidField { byte } => {
+            ScsiResult::check(Sense::invalid_field_in_cdb(u16::from(byte), None))
+        }
+        CdbError::TooShort { .. } => illegal(AdditionalSense::INVALID_FIELD_IN_CDB),
+    }
+}
+
+/// The request as the target sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Command<'a> {
+    /// The CDB (1..=16 bytes).
+    pub cdb: &'a [u8],
+    /// Bytes the guest allows to move (`data_transfer_length` clamped to the
+    /// buffer).
+    pub transfer_len: u64,
+}
+
+/// Copy `data` (cut to `alloc` and to what the guest allows) into the
+/// request's buffer.
+fn reply(
+    cmd: Command<'_>,
+    buf: &DataBuffer,
+    mem: &GuestMemoryMmap,
+    data: &[u8],
+    alloc: u64,
+) -> ScsiResult {
+    let n = (data.len() as u64).min(alloc).min(cmd.transfer_len);
+    match buf.write_from(mem, &data[..n as usize]) {
+        Some(n) => ScsiResult::good(n),
+        None => ScsiResult::srb(SrbStatus::INVALID_REQUEST),
+    }
+}
+
+fn report_luns(luns: &[u8]) -> Vec<u8> {
+    let mut d = ReportLunsHeader {
+        lun_list_length: ((8 * luns.len()) as u32).into(),
+        reserved: 0.into(),
+    }
+    .as_bytes()
+    .to_vec();
+    for l in luns {
+        d.extend_from_slice(&encode_lun(u16::from(*l)));
+    }
+    d
 }
 
 /// One LUN.
@@ -232,28 +220,6 @@ impl std::fmt::Debug for Disk {
             .field("blocks", &self.blocks())
             .finish()
     }
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(w)
-}
-
-/// The request as the target sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Command<'a> {
-    /// The CDB (1..=16 bytes).
-    pub cdb: &'a [u8],
-    /// Bytes the guest allows to move (`data_transfer_length` clamped to the
-    /// buffer).
-    pub transfer_len: u64,
 }
 
 impl Disk {
@@ -291,7 +257,7 @@ impl Disk {
     }
 
     /// Run one command. `buf` is the request's data buffer, `cmd.transfer_len`
-    /// how much of it the guest allows.
+    /// how much of it the guest allows; `luns` answers REPORT LUNS.
     pub fn execute(
         &self,
         cmd: Command<'_>,
@@ -299,141 +265,123 @@ impl Disk {
         mem: &GuestMemoryMmap,
         luns: &[u8],
     ) -> ScsiResult {
-        let cdb = cmd.cdb;
-        let Some(&opcode) = cdb.first() else {
-            return illegal(sense::ASC_INVALID_OPCODE);
+        let c = match Cdb::parse(cmd.cdb) {
+            Ok(c) => c,
+            Err(e) => return cdb_error(e),
         };
-        // A CDB shorter than its group's size is malformed.
-        let need = match opcode >> 5 {
-            0 => 6,
-            1 | 2 => 10,
-            4 => 16,
-            5 => 12,
-            _ => 1,
-        };
-        if cdb.len() < need {
-            return illegal(sense::ASC_INVALID_FIELD_IN_CDB);
-        }
-        let reply = |data: &[u8], alloc: u64| -> ScsiResult {
-            let n = (data.len() as u64).min(alloc).min(cmd.transfer_len);
-            match buf.write_from(mem, &data[..n as usize]) {
-                Some(n) => ScsiResult::good(n),
-                None => ScsiResult::srb(SrbStatus::INVALID_REQUEST),
+        match c {
+            Cdb::TestUnitReady | Cdb::StartStopUnit(_) => ScsiResult::good(0),
+            Cdb::RequestSense {
+                allocation_length, ..
+            } => {
+                // Sense goes back with the failing command (autosense), so
+                // nothing is ever pending here.
+                let s = Sense::new(SenseKey::NO_SENSE, AdditionalSense::NO_ADDITIONAL_SENSE);
+                reply(cmd, buf, mem, &s.to_fixed(), u64::from(allocation_length))
             }
-        };
-        match opcode {
-            op::TEST_UNIT_READY | op::START_STOP_UNIT => ScsiResult::good(0),
-            op::REQUEST_SENSE => {
-                // Sense is always returned with the failing command
-                // (autosense), so there is never anything pending.
-                reply(
-                    &Sense::new(sense::NO_SENSE, (0, 0)).to_bytes(),
-                    u64::from(cdb[4]),
-                )
-            }
-            op::INQUIRY => {
-                let alloc = u64::from(be16(cdb, 3));
-                match self.inquiry(cdb) {
-                    Some(d) => reply(&d, alloc),
-                    None => illegal(sense::ASC_INVALID_FIELD_IN_CDB),
-                }
-            }
-            op::READ_CAPACITY_10 => {
-                let last = self.blocks().saturating_sub(1).min(u64::from(u32::MAX)) as u32;
-                let mut d = [0u8; 8];
-                d[..4].copy_from_slice(&last.to_be_bytes());
-                d[4..].copy_from_slice(&BLOCK_SIZE.to_be_bytes());
-                reply(&d, 8)
-            }
-            op::SERVICE_ACTION_IN_16 if cdb[1] & 0x1F == op::SA_READ_CAPACITY_16 => {
-                let mut d = [0u8; 32];
-                d[..8].copy_from_slice(&self.blocks().saturating_sub(1).to_be_bytes());
-                d[8..12].copy_from_slice(&BLOCK_SIZE.to_be_bytes());
-                if !self.readonly() {
-                    // LBPME | LBPRZ: UNMAP works, unmapped blocks read zero.
-                    d[14] = 0xC0;
-                }
-                reply(&d, u64::from(be32(cdb, 10)))
-            }
-            op::MODE_SENSE_6 | op::MODE_SENSE_10 => self.mode_sense(cdb, &reply),
-            op::REPORT_LUNS => {
-                let mut d = vec![0u8; 8 + 8 * luns.len()];
-                d[..4].copy_from_slice(&((8 * luns.len()) as u32).to_be_bytes());
-                for (i, l) in luns.iter().enumerate() {
-                    // Single-level peripheral device addressing.
-                    d[8 + 8 * i + 1] = *l;
-                }
-                reply(&d, u64::from(be32(cdb, 6)))
-            }
-            op::READ_6 | op::WRITE_6 => {
-                let lba = u64::from(be32(cdb, 0) & 0x1F_FFFF);
-                let n = match cdb[4] {
-                    0 => 256,
-                    n => u32::from(n),
+            Cdb::Inquiry {
+                evpd,
+                page_code,
+                allocation_length,
+            } => {
+                let data = if evpd {
+                    self.vpd(page_code)
+                } else {
+                    Some(standard_inquiry(scsi::peripheral::DISK))
                 };
-                self.rw(opcode == op::WRITE_6, lba, n, false, cmd, buf, mem)
+                match data {
+                    Some(d) => reply(cmd, buf, mem, &d, u64::from(allocation_length)),
+                    None => ScsiResult::check(Sense::invalid_field_in_cdb(2, None)),
+                }
             }
-            op::READ_10 | op::WRITE_10 => {
-                let fua = cdb[1] & 0x08 != 0;
-                let (lba, n) = (u64::from(be32(cdb, 2)), u32::from(be16(cdb, 7)));
-                self.rw(opcode == op::WRITE_10, lba, n, fua, cmd, buf, mem)
+            Cdb::ReadCapacity10 => {
+                let d = ReadCapacity10Data {
+                    last_lba: (self.blocks().saturating_sub(1).min(u64::from(u32::MAX)) as u32)
+                        .into(),
+                    block_length: BLOCK_SIZE.into(),
+                };
+                reply(cmd, buf, mem, d.as_bytes(), 8)
             }
-            op::READ_16 | op::WRITE_16 => {
-                let fua = cdb[1] & 0x08 != 0;
-                let (lba, n) = (be64(cdb, 2), be32(cdb, 10));
-                self.rw(opcode == op::WRITE_16, lba, n, fua, cmd, buf, mem)
+            Cdb::ReadCapacity16 { allocation_length } => {
+                let d = ReadCapacity16Data {
+                    last_lba: self.blocks().saturating_sub(1).into(),
+                    block_length: BLOCK_SIZE.into(),
+                    protection: 0,
+                    exponents: 0,
+                    // UNMAP works and unmapped blocks read as zeros.
+                    provisioning: if self.readonly() {
+                        0
+                    } else {
+                        ReadCapacity16Data::LBPME | ReadCapacity16Data::LBPRZ
+                    }
+                    .into(),
+                    reserved: [0; 16],
+                };
+                reply(cmd, buf, mem, d.as_bytes(), u64::from(allocation_length))
             }
-            op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => match self.backend.flush() {
+            Cdb::ModeSense(m) => self.mode_sense(m, cmd, buf, mem),
+            Cdb::ReportLuns {
+                allocation_length, ..
+            } => reply(
+                cmd,
+                buf,
+                mem,
+                &report_luns(luns),
+                u64::from(allocation_length),
+            ),
+            Cdb::Read(rw) => self.rw(false, rw, cmd, buf, mem),
+            Cdb::Write(rw) => self.rw(true, rw, cmd, buf, mem),
+            Cdb::SynchronizeCache(_) => match self.backend.flush() {
+                // The whole image is synced whatever range was named.
                 Ok(()) => ScsiResult::good(0),
                 Err(e) => {
                     tracing::warn!(lun = self.lun, error = %e, "flush failed: MEDIUM ERROR");
-                    ScsiResult::check(Sense::new(sense::MEDIUM_ERROR, sense::ASC_WRITE_ERROR))
+                    medium_error(true)
                 }
             },
-            op::UNMAP => self.unmap(cdb, cmd, buf, mem),
-            _ => illegal(sense::ASC_INVALID_OPCODE),
+            Cdb::Unmap {
+                parameter_list_length,
+                ..
+            } => self.unmap(u64::from(parameter_list_length), cmd, buf, mem),
         }
     }
 
     fn check_range(&self, lba: u64, blocks: u32) -> Option<ScsiResult> {
         match lba.checked_add(u64::from(blocks)) {
             Some(end) if end <= self.blocks() => None,
-            _ => Some(illegal(sense::ASC_LBA_OUT_OF_RANGE)),
+            _ => Some(illegal(AdditionalSense::LBA_OUT_OF_RANGE)),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn rw(
         &self,
         write: bool,
-        lba: u64,
-        blocks: u32,
-        fua: bool,
+        rw: ReadWrite,
         cmd: Command<'_>,
         buf: &DataBuffer,
         mem: &GuestMemoryMmap,
     ) -> ScsiResult {
         if write && self.readonly() {
-            return ScsiResult::check(Sense::new(sense::DATA_PROTECT, sense::ASC_WRITE_PROTECTED));
+            return write_protected();
         }
-        if let Some(r) = self.check_range(lba, blocks) {
+        if let Some(r) = self.check_range(rw.lba, rw.blocks) {
             return r;
         }
-        let bytes = u64::from(blocks) * u64::from(BLOCK_SIZE);
+        let bytes = u64::from(rw.blocks) * u64::from(BLOCK_SIZE);
         if bytes == 0 {
             return ScsiResult::good(0);
         }
         if cmd.transfer_len < bytes {
             // The guest's buffer cannot hold what the CDB asks for.
-            return illegal(sense::ASC_INVALID_FIELD_IN_CDB);
+            return illegal(AdditionalSense::INVALID_FIELD_IN_CDB);
         }
         let Some(slices) = buf.slices(mem, 0, bytes) else {
             return ScsiResult::srb(SrbStatus::INVALID_REQUEST);
         };
-        let offset = lba * u64::from(BLOCK_SIZE);
+        let offset = rw.lba * u64::from(BLOCK_SIZE);
         let r = if write {
             self.backend.write_at(offset, &slices).and_then(|()| {
-                if fua {
+                if rw.fua {
                     self.backend.flush()
                 } else {
                     Ok(())
@@ -445,187 +393,207 @@ impl Disk {
         match r {
             Ok(()) => ScsiResult::good(bytes),
             Err(e) => {
-                tracing::warn!(lun = self.lun, lba, blocks, write, error = %e,
+                tracing::warn!(lun = self.lun, lba = rw.lba, blocks = rw.blocks, write, error = %e,
                     "host I/O error: MEDIUM ERROR");
-                let code = if write {
-                    sense::ASC_WRITE_ERROR
-                } else {
-                    sense::ASC_UNRECOVERED_READ_ERROR
-                };
-                ScsiResult::check(Sense::new(sense::MEDIUM_ERROR, code))
+                medium_error(write)
             }
         }
     }
 
     fn unmap(
         &self,
-        cdb: &[u8],
+        plen: u64,
         cmd: Command<'_>,
         buf: &DataBuffer,
         mem: &GuestMemoryMmap,
     ) -> ScsiResult {
         if self.readonly() {
-            return ScsiResult::check(Sense::new(sense::DATA_PROTECT, sense::ASC_WRITE_PROTECTED));
+            return write_protected();
         }
-        let plen = u64::from(be16(cdb, 7));
         if plen == 0 {
             return ScsiResult::good(0);
         }
         if plen < 8 || plen > cmd.transfer_len {
-            return illegal(sense::ASC_PARAMETER_LIST_LENGTH);
+            return illegal(AdditionalSense::PARAMETER_LIST_LENGTH_ERROR);
         }
         let Some(p) = buf.read_to_vec(mem, plen) else {
             return ScsiResult::srb(SrbStatus::INVALID_REQUEST);
         };
-        // Header: data length u16, descriptor data length u16, 4 reserved;
-        // then 16-byte descriptors {lba u64, blocks u32, reserved u32}.
-        let dlen = usize::from(be16(&p, 2));
-        if dlen % 16 != 0 || 8 + dlen > p.len() {
-            return illegal(sense::ASC_PARAMETER_LIST_LENGTH);
+        let Ok(list) = UnmapList::parse(&p) else {
+            return illegal(AdditionalSense::PARAMETER_LIST_LENGTH_ERROR);
+        };
+        if list.len() > MAX_UNMAP_DESCRIPTORS as usize {
+            return illegal(AdditionalSense::INVALID_FIELD_IN_PARAMETER_LIST);
         }
-        let count = dlen / 16;
-        if count as u32 > MAX_UNMAP_DESCRIPTORS {
-            return illegal(sense::ASC_INVALID_FIELD_IN_PARAMETER_LIST);
-        }
-        let mut ranges = Vec::with_capacity(count);
-        for i in 0..count {
-            let d = &p[8 + 16 * i..8 + 16 * (i + 1)];
-            let (lba, n) = (be64(d, 0), be32(d, 8));
+        for (lba, n) in list.iter() {
             if n > MAX_UNMAP_BLOCKS {
-                return illegal(sense::ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+                return illegal(AdditionalSense::INVALID_FIELD_IN_PARAMETER_LIST);
             }
             if let Some(r) = self.check_range(lba, n) {
                 return r;
             }
-            ranges.push((lba, n));
         }
-        // All descriptors are valid: only now touch the image.
-        for (lba, n) in ranges {
-            let bs = u64::from(BLOCK_SIZE);
+        // Every descriptor is valid: only now touch the image.
+        let bs = u64::from(BLOCK_SIZE);
+        for (lba, n) in list.iter() {
             if let Err(e) = self.backend.discard(lba * bs, u64::from(n) * bs) {
                 tracing::warn!(lun = self.lun, lba, n, error = %e, "discard failed: MEDIUM ERROR");
-                return ScsiResult::check(Sense::new(sense::MEDIUM_ERROR, sense::ASC_WRITE_ERROR));
+                return medium_error(true);
             }
         }
         ScsiResult::good(0)
     }
 
-    fn inquiry(&self, cdb: &[u8]) -> Option<Vec<u8>> {
-        let evpd = cdb[1] & 1 != 0;
-        if !evpd {
-            if cdb[2] != 0 {
-                return None;
-            }
-            return Some(standard_inquiry(0x00));
-        }
-        let page = cdb[2];
+    /// A VPD page, header included; `None` for a page this target lacks.
+    fn vpd(&self, page: u8) -> Option<Vec<u8>> {
         let body: Vec<u8> = match page {
-            0x00 => vec![0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2],
-            0x80 => self.serial.as_bytes().to_vec(),
-            0x83 => {
-                // One T10 vendor-id designator (ASCII, associated with the LU).
+            scsi::vpd::SUPPORTED_PAGES => VPD_PAGES.to_vec(),
+            scsi::vpd::UNIT_SERIAL_NUMBER => self.serial.as_bytes().to_vec(),
+            scsi::vpd::DEVICE_IDENTIFICATION => {
+                // One T10 vendor-id designator: code set ASCII (2), type 1,
+                // associated with the logical unit.
                 let mut id = VENDOR.to_vec();
                 id.extend_from_slice(self.serial.as_bytes());
                 let mut d = vec![0x02, 0x01, 0x00, id.len() as u8];
                 d.extend_from_slice(&id);
                 d
             }
-            0xB0 => {
-                let mut d = vec![0u8; 0x3C];
+            scsi::vpd::BLOCK_LIMITS => {
                 let max_blocks = super::MAX_TRANSFER_BYTES / BLOCK_SIZE;
-                // Offsets below are page offsets minus the 4-byte header.
-                d[4..8].copy_from_slice(&max_blocks.to_be_bytes());
-                d[8..12].copy_from_slice(&max_blocks.to_be_bytes());
-                if !self.readonly() {
-                    d[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
-                    d[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+                let (unmap_blocks, unmap_descs, granularity) = if self.readonly() {
+                    (0, 0, 0)
+                } else {
                     // Optimal unmap granularity: 4 KiB.
-                    d[24..28].copy_from_slice(&8u32.to_be_bytes());
-                }
-                d
+                    (MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, 8)
+                };
+                let p = BlockLimitsVpd {
+                    header: vpd_header(page, 0x3C),
+                    wsnz: 0,
+                    max_compare_and_write_length: 0,
+                    optimal_transfer_length_granularity: 0.into(),
+                    max_transfer_length: max_blocks.into(),
+                    optimal_transfer_length: max_blocks.into(),
+                    max_prefetch_length: 0.into(),
+                    max_unmap_lba_count: unmap_blocks.into(),
+                    max_unmap_block_descriptor_count: unmap_descs.into(),
+                    optimal_unmap_granularity: granularity.into(),
+                    unmap_granularity_alignment: 0.into(),
+                    max_write_same_length: 0.into(),
+                    reserved: [0; 20],
+                };
+                return Some(p.as_bytes().to_vec());
             }
-            0xB1 => {
+            scsi::vpd::BLOCK_DEVICE_CHARACTERISTICS => {
                 let mut d = vec![0u8; 0x3C];
                 // Medium rotation rate 1: non-rotating (solid state).
                 d[0..2].copy_from_slice(&1u16.to_be_bytes());
                 d
             }
-            0xB2 => {
-                let mut d = vec![0u8; 4];
-                if !self.readonly() {
-                    // LBPU (UNMAP supported), LBPRZ = 1 (reads zeros); thin provisioned.
-                    d[1] = 0x80 | 0x04;
-                    d[2] = 0x02;
-                }
-                d
+            scsi::vpd::LOGICAL_BLOCK_PROVISIONING => {
+                let (flags, kind) = if self.readonly() {
+                    (0, 0)
+                } else {
+                    // LBPU, LBPRZ = 1 (bits 4:2); thin provisioned (2).
+                    (LogicalBlockProvisioningVpd::LBPU | 0x04, 2)
+                };
+                let p = LogicalBlockProvisioningVpd {
+                    header: vpd_header(page, 4),
+                    threshold_exponent: 0,
+                    flags,
+                    provisioning_type: kind,
+                    reserved: 0,
+                };
+                return Some(p.as_bytes().to_vec());
             }
             _ => return None,
         };
-        let mut out = vec![0x00, page];
-        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        let mut out = vpd_header(page, body.len() as u16).as_bytes().to_vec();
         out.extend_from_slice(&body);
         Some(out)
     }
 
-    fn mode_sense(&self, cdb: &[u8], reply: &dyn Fn(&[u8], u64) -> ScsiResult) -> ScsiResult {
-        let ten = cdb[0] == op::MODE_SENSE_10;
-        let pc = cdb[2] >> 6;
-        let page = cdb[2] & 0x3F;
-        let subpage = cdb[3];
-        let alloc = if ten {
-            u64::from(be16(cdb, 7))
-        } else {
-            u64::from(cdb[4])
-        };
-        if pc == 3 {
+    fn mode_sense(
+        &self,
+        m: scsi::ModeSense,
+        cmd: Command<'_>,
+        buf: &DataBuffer,
+        mem: &GuestMemoryMmap,
+    ) -> ScsiResult {
+        if m.page_control == 3 {
             // Saved values are not supported (SPC-4 6.11).
-            return illegal((0x39, 0x00));
+            return illegal(AdditionalSense::SAVING_PARAMETERS_NOT_SUPPORTED);
         }
         let mut pages = Vec::new();
-        if (page == 0x08 || page == 0x3F) && (subpage == 0 || subpage == 0xFF) {
-            // Caching mode page: WCE = 1 (writes go to the host page cache;
-            // SYNCHRONIZE CACHE makes them durable). Changeable values: none.
-            let mut p = vec![0u8; 20];
-            p[0] = 0x08;
-            p[1] = 18;
-            if pc != 1 {
-                p[2] = 0x04;
+        if (m.page_code == scsi::mode_page::CACHING || m.page_code == scsi::mode_page::ALL)
+            && (m.subpage == 0 || m.subpage == 0xFF)
+        {
+            // Caching mode page: WCE = 1 (writes reach the host page cache;
+            // SYNCHRONIZE CACHE makes them durable). Nothing is changeable.
+            let mut p = [0u8; scsi::CACHING_PAGE_LEN];
+            p[0] = scsi::mode_page::CACHING;
+            p[1] = (scsi::CACHING_PAGE_LEN - 2) as u8;
+            if m.page_control != 1 {
+                p[2] = scsi::CACHING_WCE;
             }
             pages.extend_from_slice(&p);
         }
-        // Device-specific parameter: WP for a read-only disk.
-        let dsp = if self.readonly() { 0x80 } else { 0x00 };
-        let data = if ten {
-            let mut h = vec![0u8; 8];
-            h[0..2].copy_from_slice(&((6 + pages.len()) as u16).to_be_bytes());
-            h[3] = dsp;
-            h.extend_from_slice(&pages);
-            h
-        } else {
-            let mut h = vec![(3 + pages.len()) as u8, 0, dsp, 0];
-            h.extend_from_slice(&pages);
-            h
+        // Pages this target lacks give a header with no page (not an
+        // error: Linux ignores the status of MODE SENSE, fact sheet §8.3).
+        let dsp = if self.readonly() { scsi::MODE_WP } else { 0 };
+        let mut data = match m.size {
+            scsi::CdbSize::Ten => ModeParameterHeader10 {
+                mode_data_length: ((6 + pages.len()) as u16).into(),
+                medium_type: 0,
+                device_specific: dsp,
+                flags: 0,
+                reserved: 0,
+                block_descriptor_length: 0.into(),
+            }
+            .as_bytes()
+            .to_vec(),
+            _ => ModeParameterHeader6 {
+                mode_data_length: (3 + pages.len()) as u8,
+                medium_type: 0,
+                device_specific: dsp,
+                block_descriptor_length: 0,
+            }
+            .as_bytes()
+            .to_vec(),
         };
-        reply(&data, alloc)
+        data.extend_from_slice(&pages);
+        reply(cmd, buf, mem, &data, u64::from(m.allocation_length))
     }
 }
 
-/// Standard INQUIRY data with peripheral byte `peripheral` (0x00: direct
-/// access, present; 0x7F: no LUN here).
+fn vpd_header(page: u8, len: u16) -> VpdPageHeader {
+    VpdPageHeader {
+        peripheral: scsi::peripheral::DISK,
+        page_code: page,
+        page_length: len.into(),
+    }
+}
+
+/// Standard INQUIRY data with peripheral byte `peripheral`
+/// ([`scsi::peripheral::DISK`], or [`scsi::peripheral::NO_LUN`]).
 pub fn standard_inquiry(peripheral: u8) -> Vec<u8> {
-    let mut d = vec![0u8; 36];
-    d[0] = peripheral;
-    // SPC-4 (Linux then uses READ CAPACITY(16) first).
-    d[2] = 0x06;
-    // Response data format 2, HiSup.
-    d[3] = 0x12;
-    d[4] = 31;
-    // CmdQue.
-    d[7] = 0x02;
-    d[8..16].copy_from_slice(VENDOR);
-    d[16..32].copy_from_slice(PRODUCT);
-    d[32..36].copy_from_slice(REVISION);
-    d
+    StandardInquiryData {
+        peripheral,
+        rmb: 0,
+        // SPC-4: Linux then asks READ CAPACITY(16) first.
+        version: 6,
+        // HiSup, response data format 2.
+        response_format: 0x12,
+        additional_length: 31,
+        flags5: 0,
+        flags6: 0,
+        // CmdQue.
+        flags7: 0x02,
+        vendor: *VENDOR,
+        product: *PRODUCT,
+        revision: *REVISION,
+    }
+    .as_bytes()
+    .to_vec()
 }
 
 /// The answer for an address with no disk: INQUIRY says "no LUN here"
@@ -638,32 +606,27 @@ pub fn execute_no_lun(
     mem: &GuestMemoryMmap,
     luns: &[u8],
 ) -> ScsiResult {
-    let cdb = cmd.cdb;
-    match cdb.first() {
-        Some(&op::INQUIRY) if cdb.len() >= 6 => {
-            let d = standard_inquiry(0x7F);
-            let n = (d.len() as u64)
-                .min(u64::from(be16(cdb, 3)))
-                .min(cmd.transfer_len);
-            match buf.write_from(mem, &d[..n as usize]) {
-                Some(n) => ScsiResult::good(n),
-                None => ScsiResult::srb(SrbStatus::INVALID_REQUEST),
-            }
-        }
-        Some(&op::REPORT_LUNS) if cdb.len() >= 12 => {
-            let mut d = vec![0u8; 8 + 8 * luns.len()];
-            d[..4].copy_from_slice(&((8 * luns.len()) as u32).to_be_bytes());
-            for (i, l) in luns.iter().enumerate() {
-                d[8 + 8 * i + 1] = *l;
-            }
-            let n = (d.len() as u64)
-                .min(u64::from(be32(cdb, 6)))
-                .min(cmd.transfer_len);
-            match buf.write_from(mem, &d[..n as usize]) {
-                Some(n) => ScsiResult::good(n),
-                None => ScsiResult::srb(SrbStatus::INVALID_REQUEST),
-            }
-        }
+    match Cdb::parse(cmd.cdb) {
+        Ok(Cdb::Inquiry {
+            evpd: false,
+            allocation_length,
+            ..
+        }) => reply(
+            cmd,
+            buf,
+            mem,
+            &standard_inquiry(scsi::peripheral::NO_LUN),
+            u64::from(allocation_length),
+        ),
+        Ok(Cdb::ReportLuns {
+            allocation_length, ..
+        }) => reply(
+            cmd,
+            buf,
+            mem,
+            &report_luns(luns),
+            u64::from(allocation_length),
+        ),
         _ => ScsiResult::srb(SrbStatus::INVALID_LUN),
     }
 }

@@ -2,68 +2,64 @@
 //! storage controller writes one `"kind": "vstor"` line per request and per
 //! completion, next to the server's generic packet lines.
 
-use super::target::op;
+use super::target::opcode_name;
 use crate::vmbus::trace::{Dir, TraceWriter};
 use serde_json::{json, Map, Value};
+use vsc_storage::scsi::Cdb;
 use vsc_storage::vstor::{Operation, ProtocolVersion, VstorPacket};
 
-fn be(b: &[u8], at: usize, n: usize) -> Option<u64> {
-    let s = b.get(at..at + n)?;
-    Some(s.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x)))
-}
-
 /// The fields of a CDB worth reading in a trace: operation name, and LBA /
-/// block count / allocation length / page where the command has them.
+/// block count / allocation length / page where the command has them
+/// (decoded with `vsc_storage`'s [`Cdb::parse`]; a CDB it refuses shows
+/// the reason).
 pub fn decode_cdb(cdb: &[u8]) -> Value {
     let mut m = Map::new();
     let Some(&opcode) = cdb.first() else {
         return json!({"scsi_op": "EMPTY"});
     };
-    m.insert("scsi_op".into(), Value::from(op::name(opcode)));
+    m.insert("scsi_op".into(), Value::from(opcode_name(opcode)));
     m.insert("opcode".into(), Value::from(opcode));
-    let mut put = |k: &str, v: Option<u64>| {
-        if let Some(v) = v {
-            m.insert(k.into(), Value::from(v));
-        }
+    let mut put = |k: &str, v: u64| {
+        m.insert(k.into(), Value::from(v));
     };
-    match opcode {
-        op::READ_6 | op::WRITE_6 => {
-            put("lba", be(cdb, 1, 3).map(|v| v & 0x1F_FFFF));
-            put(
-                "blocks",
-                be(cdb, 4, 1).map(|v| if v == 0 { 256 } else { v }),
-            );
+    match Cdb::parse(cdb) {
+        Ok(Cdb::Read(rw) | Cdb::Write(rw)) => {
+            put("lba", rw.lba);
+            put("blocks", u64::from(rw.blocks));
+            if rw.fua {
+                put("fua", 1);
+            }
         }
-        op::READ_10 | op::WRITE_10 | op::SYNCHRONIZE_CACHE_10 => {
-            put("lba", be(cdb, 2, 4));
-            put("blocks", be(cdb, 7, 2));
+        Ok(Cdb::SynchronizeCache(s)) => {
+            put("lba", s.lba);
+            put("blocks", u64::from(s.blocks));
         }
-        op::READ_16 | op::WRITE_16 | op::SYNCHRONIZE_CACHE_16 => {
-            put("lba", be(cdb, 2, 8));
-            put("blocks", be(cdb, 10, 4));
+        Ok(Cdb::Inquiry {
+            evpd,
+            page_code,
+            allocation_length,
+        }) => {
+            put("evpd", u64::from(evpd));
+            put("page", u64::from(page_code));
+            put("alloc_len", u64::from(allocation_length));
         }
-        op::INQUIRY => {
-            put("evpd", be(cdb, 1, 1).map(|v| v & 1));
-            put("page", be(cdb, 2, 1));
-            put("alloc_len", be(cdb, 3, 2));
+        Ok(Cdb::ModeSense(ms)) => {
+            put("page", u64::from(ms.page_code));
+            put("subpage", u64::from(ms.subpage));
+            put("alloc_len", u64::from(ms.allocation_length));
         }
-        op::MODE_SENSE_6 => {
-            put("page", be(cdb, 2, 1).map(|v| v & 0x3F));
-            put("subpage", be(cdb, 3, 1));
-            put("alloc_len", be(cdb, 4, 1));
+        Ok(Cdb::ReadCapacity16 { allocation_length })
+        | Ok(Cdb::ReportLuns {
+            allocation_length, ..
+        }) => put("alloc_len", u64::from(allocation_length)),
+        Ok(Cdb::Unmap {
+            parameter_list_length,
+            ..
+        }) => put("param_len", u64::from(parameter_list_length)),
+        Ok(_) => {}
+        Err(e) => {
+            m.insert("cdb_error".into(), Value::from(e.to_string()));
         }
-        op::MODE_SENSE_10 => {
-            put("page", be(cdb, 2, 1).map(|v| v & 0x3F));
-            put("subpage", be(cdb, 3, 1));
-            put("alloc_len", be(cdb, 7, 2));
-        }
-        op::SERVICE_ACTION_IN_16 => {
-            put("service_action", be(cdb, 1, 1).map(|v| v & 0x1F));
-            put("alloc_len", be(cdb, 10, 4));
-        }
-        op::REPORT_LUNS => put("alloc_len", be(cdb, 6, 4)),
-        op::UNMAP => put("param_len", be(cdb, 7, 2)),
-        _ => {}
     }
     Value::Object(m)
 }
@@ -165,8 +161,10 @@ mod tests {
         assert_eq!(v["blocks"], 256);
         assert_eq!(decode_cdb(&[0x12, 1, 0x83, 0, 4, 0])["page"], 0x83);
         assert_eq!(decode_cdb(&[])["scsi_op"], "EMPTY");
-        // Truncated CDBs decode what is there, never panic.
-        assert!(decode_cdb(&[0x8A, 0]).get("lba").is_none());
+        // Truncated CDBs say why, never panic.
+        let v = decode_cdb(&[0x8A, 0]);
+        assert!(v.get("lba").is_none());
+        assert!(v.get("cdb_error").is_some());
         let mut srb = VmSrb::default();
         srb.set_cdb(&[0x00, 0, 0, 0, 0, 0]);
         srb.lun = 3;
