@@ -188,15 +188,21 @@ pub enum CtlCommand {
         #[arg(long)]
         create_path: bool,
     },
-    /// Hot-add a disk (not supported until the VMM has a storage controller).
+    /// Hot-add a disk (raw image) to the synthetic SCSI controller (needs `--disk` at start).
     AddDisk {
-        /// The backing file.
+        /// The raw image file.
         path: PathBuf,
+        /// Attach read-only.
+        #[arg(long)]
+        readonly: bool,
+        /// The LUN (default: the lowest free one).
+        #[arg(long)]
+        lun: Option<u8>,
     },
-    /// Hot-remove a disk (not supported until the VMM has a storage controller).
+    /// Hot-remove the disk at a LUN.
     RemoveDisk {
-        /// The disk id.
-        id: String,
+        /// The LUN.
+        lun: u8,
     },
 }
 
@@ -312,8 +318,21 @@ pub fn to_request(
                 })),
             )
         }
-        C::AddDisk { path } => ("PUT", "vm.add-disk", Some(json!({"path": path}))),
-        C::RemoveDisk { id } => ("PUT", "vm.remove-disk", Some(json!({"id": id}))),
+        C::AddDisk {
+            path,
+            readonly,
+            lun,
+        } => {
+            // The VMM opens the image itself: send an absolute path.
+            let abs = std::path::absolute(path)
+                .map_err(|e| CtlError::Usage(format!("cannot resolve {}: {e}", path.display())))?;
+            let mut b = json!({"path": abs, "readonly": readonly});
+            if let Some(l) = lun {
+                b["lun"] = json!(l);
+            }
+            ("PUT", "vm.add-disk", Some(b))
+        }
+        C::RemoveDisk { lun } => ("PUT", "vm.remove-disk", Some(json!({"lun": lun}))),
     })
 }
 

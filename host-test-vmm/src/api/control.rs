@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::server::ApiServer;
+use super::server::{ApiServer, ApiTargets};
 use super::ApiError;
 use crate::vmm::{Partition, RunEnd, RunOutcome, VmConfig, VmmError};
 
@@ -269,8 +269,12 @@ pub enum ApiRunError {
 pub fn run_with_api(cfg: VmConfig, socket: &Path) -> Result<RunOutcome, ApiRunError> {
     let mut p = Partition::create(&cfg)?;
     let (handle, owner) = VmHandle::new(cfg.cpus, cfg.memory);
-    let ics = p.hv().ics();
-    let api = ApiServer::bind(socket, handle, ics).map_err(|source| ApiRunError::Socket {
+    let targets = ApiTargets {
+        vm: handle,
+        ics: p.hv().ics(),
+        storage: p.hv().storage(),
+    };
+    let api = ApiServer::bind(socket, targets).map_err(|source| ApiRunError::Socket {
         path: socket.to_path_buf(),
         source,
     })?;

@@ -24,7 +24,7 @@ mod tests;
 pub use control::{
     drive, run_with_api, ApiRunError, VmCommand, VmHandle, VmInfo, VmOwner, VmState,
 };
-pub use server::{handle_request, ApiServer, API_PREFIX};
+pub use server::{handle_request, ApiServer, ApiTargets, API_PREFIX};
 
 use crate::ic::IcError;
 

@@ -20,6 +20,7 @@ use crate::ic::{
     kvp_pool_name, parse_kvp_pool, parse_vss_operation, FileCopy, HostIcs, HostKvpValue, KvpPool,
     ShutdownKind, ShutdownRequest, TimeSyncMode, VssOperation,
 };
+use crate::storage::{DiskSpec, StorageController, StorageError};
 
 /// Every endpoint is under this prefix.
 pub const API_PREFIX: &str = "/api/v1/";
@@ -49,15 +50,32 @@ impl std::fmt::Debug for ApiServer {
     }
 }
 
-struct Ctx {
-    vm: VmHandle,
-    ics: Option<HostIcs>,
+/// What the API drives: the partition's lifecycle, its integration
+/// components and its storage controller (when it has them).
+#[derive(Clone)]
+pub struct ApiTargets {
+    /// Lifecycle (served by the thread that owns the partition).
+    pub vm: VmHandle,
+    /// The host ICs.
+    pub ics: Option<HostIcs>,
+    /// The synthetic SCSI controller (disk hot-add/remove).
+    pub storage: Option<Arc<StorageController>>,
+}
+
+impl std::fmt::Debug for ApiTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiTargets")
+            .field("vm", &self.vm)
+            .field("ics", &self.ics.is_some())
+            .field("storage", &self.storage.is_some())
+            .finish()
+    }
 }
 
 impl ApiServer {
     /// Listen on `path` (a stale socket file there is replaced; any other
     /// existing file is an error).
-    pub fn bind(path: &Path, vm: VmHandle, ics: Option<HostIcs>) -> std::io::Result<Self> {
+    pub fn bind(path: &Path, targets: ApiTargets) -> std::io::Result<Self> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
@@ -70,7 +88,7 @@ impl ApiServer {
         }
         let listener = UnixListener::bind(path)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let ctx = Arc::new(Ctx { vm, ics });
+        let ctx = Arc::new(targets);
         let s = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("api-listener".into())
@@ -103,7 +121,7 @@ impl Drop for ApiServer {
     }
 }
 
-fn accept_loop(listener: &UnixListener, ctx: &Arc<Ctx>, stop: &AtomicBool) {
+fn accept_loop(listener: &UnixListener, ctx: &Arc<ApiTargets>, stop: &AtomicBool) {
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -126,7 +144,7 @@ fn accept_loop(listener: &UnixListener, ctx: &Arc<Ctx>, stop: &AtomicBool) {
     }
 }
 
-fn serve(stream: UnixStream, ctx: &Ctx) {
+fn serve(stream: UnixStream, ctx: &ApiTargets) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let mut w = match stream.try_clone() {
@@ -138,7 +156,7 @@ fn serve(stream: UnixStream, ctx: &Ctx) {
     };
     let (status, body) = match http::read_request(&mut BufReader::new(stream)) {
         Ok(req) => {
-            let r = handle_request(&ctx.vm, ctx.ics.as_ref(), &req);
+            let r = handle_request(ctx, &req);
             tracing::debug!(method = %req.method, path = %req.path, ok = r.is_ok(), "control API request");
             reply(r)
         }
@@ -237,11 +255,9 @@ struct FcopyBody {
 
 /// Route one request. Public so tests (and other front ends) can drive the
 /// API without a socket.
-pub fn handle_request(
-    vm: &VmHandle,
-    ics_opt: Option<&HostIcs>,
-    req: &Request,
-) -> Result<Value, ApiError> {
+pub fn handle_request(t: &ApiTargets, req: &Request) -> Result<Value, ApiError> {
+    let vm = &t.vm;
+    let ics_opt = t.ics.as_ref();
     let Some(name) = req.path.strip_prefix(API_PREFIX) else {
         return Err(ApiError::not_found(format!(
             "no endpoint {} (every endpoint is under {API_PREFIX})",
@@ -266,6 +282,9 @@ pub fn handle_request(
             if let Some(i) = ics_opt {
                 v["ics"] = to_value(&i.status())?;
             }
+            if let Some(s) = &t.storage {
+                v["disks"] = json!(s.luns());
+            }
             Ok(v)
         }
         "vm.pause" => lifecycle(vm, req, VmCommand::Pause),
@@ -274,9 +293,7 @@ pub fn handle_request(
         "vm.power-off" => lifecycle(vm, req, VmCommand::PowerOff),
         "vm.shutdown" => graceful(vm, ics_opt, body(req)?, ShutdownKind::PowerOff),
         "vm.reboot" => graceful(vm, ics_opt, body(req)?, ShutdownKind::Reboot),
-        "vm.add-disk" | "vm.remove-disk" => Err(ApiError::not_supported(
-            "not supported: no storage controller (this VMM offers no storage VSP yet)",
-        )),
+        "vm.add-disk" | "vm.remove-disk" => disk(t.storage.as_deref(), name, req),
         "ic" => to_value(&ics(ics_opt)?.status()),
         "ic.heartbeat" => to_value(&ics(ics_opt)?.heartbeat()),
         "kvp.get" | "kvp.set" | "kvp.delete" | "kvp.enumerate" => {
@@ -519,4 +536,58 @@ fn fcopy(vm: &VmHandle, ics: &HostIcs, b: FcopyBody) -> Result<Value, ApiError> 
         create_path: b.create_path,
     };
     to_value(&ics.copy_file(&req, t)?)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AddDiskBody {
+    path: Option<PathBuf>,
+    #[serde(default)]
+    readonly: bool,
+    lun: Option<u8>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RemoveDiskBody {
+    lun: Option<u8>,
+}
+
+fn storage_error(e: StorageError) -> ApiError {
+    let m = e.to_string();
+    match e {
+        StorageError::LunInUse(_) => ApiError::conflict(m),
+        StorageError::NoSuchLun(_) => ApiError::not_found(m),
+        StorageError::Thread(_) => ApiError::internal(m),
+        _ => ApiError::bad_request(m),
+    }
+}
+
+/// Disk hot-add/remove on the synthetic SCSI controller (the guest is told
+/// to rescan).
+fn disk(storage: Option<&StorageController>, name: &str, req: &Request) -> Result<Value, ApiError> {
+    let s = storage.ok_or_else(|| {
+        ApiError::not_supported(
+            "not supported: no storage controller (start the partition with --disk SPEC to have one)",
+        )
+    })?;
+    if name == "vm.add-disk" {
+        let b: AddDiskBody = body(req)?;
+        let spec = DiskSpec {
+            path: b
+                .path
+                .ok_or_else(|| ApiError::bad_request("path is required"))?,
+            readonly: b.readonly,
+            lun: b.lun,
+        };
+        let lun = s.add_disk_spec(&spec).map_err(storage_error)?;
+        Ok(json!({"lun": lun, "disks": s.luns()}))
+    } else {
+        let b: RemoveDiskBody = body(req)?;
+        let lun = b
+            .lun
+            .ok_or_else(|| ApiError::bad_request("lun is required"))?;
+        s.remove_disk(lun).map_err(storage_error)?;
+        Ok(json!({"removed": lun, "disks": s.luns()}))
+    }
 }

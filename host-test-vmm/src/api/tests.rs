@@ -60,7 +60,12 @@ fn scripted_owner(owner: VmOwner) -> JoinHandle<()> {
 fn routing_and_error_replies() {
     let (vm, owner) = VmHandle::new(2, 64 << 20);
     let t = scripted_owner(owner);
-    let h = |r: Request| handle_request(&vm, None, &r);
+    let targets = ApiTargets {
+        vm: vm.clone(),
+        ics: None,
+        storage: None,
+    };
+    let h = |r: Request| handle_request(&targets, &r);
     // Wait for the pretend partition to run.
     while vm.state() != VmState::Running {
         std::thread::yield_now();
@@ -177,7 +182,12 @@ fn bad_argument_replies_name_the_problem() {
         std::thread::yield_now();
     }
     let ics = crate::ic::HostIcs::new(crate::ic::IcConfig::new(std::sync::Arc::new(|| 0))).unwrap();
-    let h = |r: Request| handle_request(&vm, Some(&ics), &r);
+    let targets = ApiTargets {
+        vm: vm.clone(),
+        ics: Some(ics.clone()),
+        storage: None,
+    };
+    let h = |r: Request| handle_request(&targets, &r);
     let cases = [
         ("kvp.get", json!({"key": "k"}), "pool is required"),
         (
@@ -349,6 +359,8 @@ fn api_on_a_socket_drives_a_kvm_partition() {
         &sock,
         CtlCommand::AddDisk {
             path: "/tmp/disk.img".into(),
+            readonly: false,
+            lun: None,
         },
     );
     assert_eq!(r.status, 501);
@@ -423,4 +435,68 @@ fn power_off_ends_the_run_and_a_busy_socket_path_is_refused() {
     assert_eq!(r.body["state"], "ended");
     assert_eq!(r.body["end"]["kind"], "stopped");
     assert_eq!(run.join().unwrap().unwrap().end, RunEnd::Stopped);
+}
+
+#[test]
+fn disks_hot_add_and_remove_on_the_storage_controller() {
+    use crate::storage::{ControllerConfig, StorageController};
+    let (vm, owner) = VmHandle::new(1, 1 << 20);
+    let _t = scripted_owner(owner);
+    let cfg = ControllerConfig {
+        io_threads: 1,
+        ..ControllerConfig::default()
+    };
+    let targets = ApiTargets {
+        vm: vm.clone(),
+        ics: None,
+        storage: Some(StorageController::new(cfg).unwrap()),
+    };
+    let h = |r: Request| handle_request(&targets, &r);
+    let img = socket_path().with_extension("img");
+    std::fs::write(&img, vec![0u8; 64 * 1024]).unwrap();
+    let r = h(req("PUT", "vm.add-disk", json!({"path": img}))).unwrap();
+    assert_eq!(r["lun"], 0);
+    let r = h(req(
+        "PUT",
+        "vm.add-disk",
+        json!({"path": img, "readonly": true, "lun": 5}),
+    ))
+    .unwrap();
+    assert_eq!(r["disks"], json!([0, 5]));
+    let e = h(req("PUT", "vm.add-disk", json!({"path": img, "lun": 5}))).unwrap_err();
+    assert_eq!(
+        (e.status, e.message.as_str()),
+        (409, "LUN 5 is already in use")
+    );
+    let e = h(req(
+        "PUT",
+        "vm.add-disk",
+        json!({"path": "/nonexistent/hvkit.img"}),
+    ))
+    .unwrap_err();
+    assert_eq!(e.status, 400);
+    assert!(
+        e.message.contains("cannot open disk image"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        h(req("PUT", "vm.add-disk", json!({}))).unwrap_err().status,
+        400
+    );
+    assert_eq!(
+        h(req("GET", "vm.info", Value::Null)).unwrap()["disks"],
+        json!([0, 5])
+    );
+    let r = h(req("PUT", "vm.remove-disk", json!({"lun": 0}))).unwrap();
+    assert_eq!(r["disks"], json!([5]));
+    let e = h(req("PUT", "vm.remove-disk", json!({"lun": 0}))).unwrap_err();
+    assert_eq!((e.status, e.message.as_str()), (404, "no disk at LUN 0"));
+    assert_eq!(
+        h(req("PUT", "vm.remove-disk", json!({})))
+            .unwrap_err()
+            .status,
+        400
+    );
+    std::fs::remove_file(&img).unwrap();
 }

@@ -602,7 +602,7 @@ fn heartbeat_rule_violation_and_missed_beats() {
         g.ics.channel_status(Service::Heartbeat).counters.timeouts,
         1
     );
-    // A late answer after the timeout is counted, not matched to a later request.
+    // The channel keeps working after a missed beat.
     *mode.lock().unwrap() = 0;
     assert_eq!(g.ics.heartbeat_now(T).unwrap(), 2);
 }
