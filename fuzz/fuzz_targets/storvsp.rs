@@ -63,9 +63,7 @@ fuzz_target!(|inp: Input| {
         return;
     };
 
-    let version = ProtocolVersion::ALL
-        .get(usize::from(inp.version))
-        .copied();
+    let version = ProtocolVersion::ALL.get(usize::from(inp.version)).copied();
     let Ok(req) = VstorPacket::parse(view.payload(), version) else {
         return;
     };
@@ -80,7 +78,10 @@ fuzz_target!(|inp: Input| {
     };
     assert!(buf.len() <= u64::from(MAX_TRANSFER_BYTES));
     for s in buf.segments() {
-        assert!(s.gpa + u64::from(s.len) <= RAM as u64, "segment outside RAM");
+        assert!(
+            s.gpa + u64::from(s.len) <= RAM as u64,
+            "segment outside RAM"
+        );
     }
 
     let srb = req.srb();
@@ -97,7 +98,10 @@ fuzz_target!(|inp: Input| {
     let backend: Arc<dyn DiskBackend> = Arc::new(MemBackend::new(blocks * 512, inp.readonly));
     let disk = Disk::new(0, Arc::clone(&backend), "fuzz".into());
     let r = disk.execute(cmd, &buf, &mem, &inp.luns);
-    assert!(u64::from(r.transferred) <= buf.len(), "moved more than the buffer");
+    assert!(
+        u64::from(r.transferred) <= buf.len(),
+        "moved more than the buffer"
+    );
     assert_eq!(backend.len(), (blocks * 512) as u64, "disk size changed");
     let r = execute_no_lun(cmd, &buf, &mem, &inp.luns);
     assert!(u64::from(r.transferred) <= buf.len());
