@@ -21,6 +21,7 @@
 pub mod backend;
 pub mod buffer;
 mod controller;
+pub mod demo;
 pub mod pool;
 pub mod spec;
 pub mod target;
