@@ -1352,3 +1352,79 @@ fn vsc_storage_client_against_storvsp() {
     assert_eq!(d2.blocks, 128);
     std::fs::remove_file(img).ok();
 }
+
+/// A Win7-era guest (protocol 4.2): 48-byte packets both ways, 18-byte
+/// sense, no multi-channel.
+#[test]
+fn win7_protocol_uses_short_packets() {
+    let ctrl = controller();
+    ctrl.add_disk(0, Arc::new(MemBackend::new(64 << 10, false)))
+        .unwrap();
+    let g = Guest::new(Arc::clone(&ctrl));
+    let offers = g.offers();
+    let mut ch = g.open(&offers[0], 8, 8);
+    let w7 = Some(ProtocolVersion::WIN7);
+    for p in [
+        VstorPacket::request(Operation::BEGIN_INITIALIZATION),
+        VstorPacket::query_version(ProtocolVersion::WIN7),
+    ] {
+        assert_eq!(
+            g.call(&mut ch, INIT_TRANSACTION_ID, &p, w7).pkt.status,
+            VstorStatus::SUCCESS
+        );
+    }
+    let d = g.call(
+        &mut ch,
+        INIT_TRANSACTION_ID,
+        &VstorPacket::request(Operation::QUERY_PROPERTIES),
+        w7,
+    );
+    assert!(!d.pkt.properties().multi_channel());
+    assert_eq!(
+        g.call(
+            &mut ch,
+            INIT_TRANSACTION_ID,
+            &VstorPacket::request(Operation::END_INITIALIZATION),
+            w7
+        )
+        .pkt
+        .status,
+        VstorStatus::SUCCESS
+    );
+    let d = g.call(&mut ch, 3, &VstorPacket::create_sub_channels(1), w7);
+    assert_eq!(d.pkt.status, VstorStatus::INVALID_PARAMETER);
+    // An unsupported opcode in a 48-byte packet (SRB length 36).
+    let mut srb = VmSrb {
+        length: ProtocolVersion::WIN7.srb_size() as u16,
+        sense_info_length: 18,
+        data_in: DataDirection::NONE,
+        ..VmSrb::default()
+    };
+    srb.set_cdb(&[0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    g.send(&mut ch, 44, &VstorPacket::execute_srb(&srb), w7, None);
+    let end = Instant::now() + WAIT;
+    let (len, pkt) = loop {
+        if let Some(v) = ch.rx.try_read_packet(&mut ch.buf).unwrap() {
+            assert_eq!(v.transaction_id(), 44);
+            let r = (
+                v.payload().len(),
+                VstorPacket::parse(v.payload(), w7).unwrap(),
+            );
+            ch.rx.commit().unwrap();
+            break r;
+        }
+        assert!(Instant::now() < end, "no completion");
+        std::thread::sleep(Duration::from_micros(50));
+    };
+    assert_eq!(len, 48);
+    let s = pkt.srb();
+    assert_eq!(s.scsi_status, 2);
+    assert_eq!(s.sense_info_length, 18);
+    assert_eq!((s.cdb_or_sense[2] & 0xF, s.cdb_or_sense[12]), (5, 0x20));
+    // A 48-byte EXECUTE_SRB is fine at 4.2; TEST UNIT READY succeeds.
+    srb.set_cdb(&[0; 6]);
+    g.send(&mut ch, 45, &VstorPacket::execute_srb(&srb), w7, None);
+    let (_, d) = g.next(&mut ch);
+    assert_eq!(d.srb().srb_status, SrbStatus::SUCCESS);
+    assert_eq!(ctrl.version(), Some(ProtocolVersion::WIN7));
+}
