@@ -28,7 +28,9 @@ pub mod trace;
 #[cfg(test)]
 mod tests;
 
-pub use channel::{IcChannelStatus, IcCounters, IcVsp, CHN_FLAG_NAMED_PIPE, PIPE_MODE_MESSAGE};
+pub use channel::{
+    IcChannelStatus, IcCounters, IcVsp, LoopbackGuest, CHN_FLAG_NAMED_PIPE, PIPE_MODE_MESSAGE,
+};
 pub use heartbeat::{HeartbeatState, HeartbeatStatus};
 pub use ic_services::kvp::KvpPool;
 pub use ic_services::shutdown::ShutdownKind;
@@ -361,6 +363,19 @@ impl HostIcs {
 
     pub(crate) fn core(&self, service: Service) -> &IcCore {
         &self.inner.cores[service.index()]
+    }
+
+    /// Connect `service` to `guest` directly, without VMBus (tests, fuzzing):
+    /// negotiation runs at once, and every later request is handed to
+    /// `guest` synchronously, its answers parsed exactly like a VMBus
+    /// guest's. With no answer, a request fails when its timeout passes.
+    pub fn open_loopback(&self, service: Service, guest: LoopbackGuest) {
+        self.core(service).open_loopback(guest);
+    }
+
+    /// Close `service`'s link from the host side (as if the guest closed it).
+    pub fn close_link(&self, service: Service) {
+        self.core(service).close_link();
     }
 
     /// Every service's state and the heartbeat monitor.

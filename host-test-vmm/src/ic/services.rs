@@ -76,7 +76,7 @@ pub(crate) struct TimeSyncState {
 }
 
 /// What a VSS request returned.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VssReport {
     /// The operation number.
     pub operation: u8,

@@ -1048,3 +1048,36 @@ proptest! {
         prop_assert_eq!(v["body_len"].as_u64(), Some(body.len() as u64));
     }
 }
+
+#[test]
+fn loopback_guest_without_vmbus() {
+    let ics = HostIcs::new(config()).unwrap();
+    let mut ep = Endpoint::new(ic_services::vss::Vss::new(Freezer::default()));
+    let answers = Arc::new(Mutex::new(1usize));
+    let a2 = Arc::clone(&answers);
+    ics.open_loopback(
+        Service::Vss,
+        Box::new(move |_tid, req| {
+            let mut out = vec![0u8; req.len()];
+            ep.handle(req, &mut out).unwrap();
+            vec![out; *a2.lock().unwrap()]
+        }),
+    );
+    assert_eq!(ics.channel_status(Service::Vss).state, "ready");
+    assert_eq!(ics.channel_status(Service::Vss).relid, Some(0));
+    let op = parse_vss_operation("freeze").unwrap();
+    ics.vss(op, Duration::ZERO).unwrap();
+    // A duplicate answer is counted as unexpected, not taken for the next request.
+    *answers.lock().unwrap() = 2;
+    ics.vss(op, Duration::ZERO).unwrap();
+    assert_eq!(ics.channel_status(Service::Vss).counters.unexpected, 1);
+    // No answer: the request times out (at once with a zero timeout).
+    *answers.lock().unwrap() = 0;
+    assert_eq!(
+        ics.vss(op, Duration::ZERO),
+        Err(IcError::Timeout(Service::Vss))
+    );
+    ics.close_link(Service::Vss);
+    assert_eq!(ics.vss(op, T).unwrap_err(), IcError::NotOpen(Service::Vss));
+    ics.stop();
+}
