@@ -42,7 +42,7 @@ pub const SCSI_CLASS_ID: Guid = Guid::from_str_const("ba6163d9-04a1-4d29-b605-72
 /// Instance GUID of controller 0; controller `n` replaces the last two
 /// bytes with `n` (big-endian).
 pub const STORAGE_INSTANCE_BASE: Guid =
-    Guid::from_str_const("5f4c6b1e-6a39-4f0b-9d7c-68766b697400");
+    Guid::from_str_const("5f4c6b1e-6a39-4f0b-9d7c-68766b690000");
 /// Requests in flight per channel before backpressure.
 pub const QUEUE_DEPTH: usize = 256;
 /// Protocol versions accepted, newest first (fact sheet §8.1).
@@ -854,5 +854,23 @@ impl Vsp for StorVsp {
             }
         }
         self.mem = None;
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids() {
+        assert_eq!(storage_instance_id(0), STORAGE_INSTANCE_BASE);
+        assert_eq!(
+            format!("{}", storage_instance_id(0x102)),
+            "5f4c6b1e-6a39-4f0b-9d7c-68766b690102"
+        );
+        assert_eq!(
+            format!("{SCSI_CLASS_ID}"),
+            "ba6163d9-04a1-4d29-b605-72e2ffb1dc7f"
+        );
     }
 }
