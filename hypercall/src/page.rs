@@ -158,38 +158,88 @@ impl<'a> PageRef<'a> {
             .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
     }
 
-    /// Copies `buf.len()` bytes starting at `offset` out of the page, a qword at a time.
+    /// Copies `buf.len()` bytes starting at `offset` out of the page.
+    ///
+    /// Whole qwords are read with one relaxed atomic load each, a partial qword at either end with
+    /// one load of its qword; an acquire fence follows, so nothing after the copy is reordered
+    /// before it. Callers that need the bytes to be consistent with a flag the other side
+    /// publishes load that flag (acquire) first, as the ring does with its indices.
     pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) {
         assert!(offset + buf.len() <= PAGE_SIZE, "read beyond the page");
-        let mut i = 0;
-        while i < buf.len() {
-            let at = offset + i;
-            let word = self.load_u64(at & !7).to_le_bytes();
-            let start = at & 7;
-            let n = (8 - start).min(buf.len() - i);
-            buf[i..i + n].copy_from_slice(&word[start..start + n]);
-            i += n;
+        if buf.is_empty() {
+            return;
         }
+        let mut word = offset / 8;
+        // Leading partial qword.
+        let start = offset % 8;
+        let rest = if start != 0 {
+            let n = (8 - start).min(buf.len());
+            let (head, rest) = buf.split_at_mut(n);
+            let w = self.words[word].load(Ordering::Relaxed).to_le_bytes();
+            head.copy_from_slice(&w[start..start + n]);
+            word += 1;
+            rest
+        } else {
+            buf
+        };
+        // Whole qwords, then the trailing partial one.
+        let mut chunks = rest.chunks_exact_mut(8);
+        let whole = chunks.len();
+        for (chunk, w) in (&mut chunks).zip(&self.words[word..word + whole]) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            let w = self.words[word + whole]
+                .load(Ordering::Relaxed)
+                .to_le_bytes();
+            let n = tail.len();
+            tail.copy_from_slice(&w[..n]);
+        }
+        core::sync::atomic::fence(Ordering::Acquire);
     }
 
-    /// Copies `data` into the page starting at `offset`, a qword at a time. Partial qwords at the
-    /// ends are read, merged and written back, so use this only on memory the hypervisor does not
-    /// write at the same time (hypercall input pages, crash message pages).
+    /// Copies `data` into the page starting at `offset`.
+    ///
+    /// A release fence comes first, so nothing before the copy is reordered after it; then whole
+    /// qwords are written with one relaxed atomic store each (not ordered among themselves: the
+    /// other side learns that the bytes are complete from a flag or index stored after them). Partial qwords at the ends are read,
+    /// merged and written back, so use this only on memory the hypervisor does not write at the
+    /// same time (hypercall input pages, crash message pages, the producer's part of a ring).
     pub fn write_bytes(&self, offset: usize, data: &[u8]) {
         assert!(offset + data.len() <= PAGE_SIZE, "write beyond the page");
-        let mut i = 0;
-        while i < data.len() {
-            let at = offset + i;
-            let start = at & 7;
-            let n = (8 - start).min(data.len() - i);
-            let mut word = if n == 8 {
-                [0; 8]
-            } else {
-                self.load_u64(at & !7).to_le_bytes()
-            };
-            word[start..start + n].copy_from_slice(&data[i..i + n]);
-            self.store_u64(at & !7, u64::from_le_bytes(word));
-            i += n;
+        if data.is_empty() {
+            return;
+        }
+        core::sync::atomic::fence(Ordering::Release);
+        let mut word = offset / 8;
+        let merge = |w: &AtomicU64, at: usize, bytes: &[u8]| {
+            let mut v = w.load(Ordering::Relaxed).to_le_bytes();
+            v[at..at + bytes.len()].copy_from_slice(bytes);
+            w.store(u64::from_le_bytes(v), Ordering::Relaxed);
+        };
+        // Leading partial qword.
+        let start = offset % 8;
+        let rest = if start != 0 {
+            let n = (8 - start).min(data.len());
+            let (head, rest) = data.split_at(n);
+            merge(&self.words[word], start, head);
+            word += 1;
+            rest
+        } else {
+            data
+        };
+        // Whole qwords, then the trailing partial one.
+        let chunks = rest.chunks_exact(8);
+        let tail = chunks.remainder();
+        let whole = chunks.len();
+        for (chunk, w) in chunks.zip(&self.words[word..word + whole]) {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(chunk);
+            w.store(u64::from_le_bytes(v), Ordering::Relaxed);
+        }
+        if !tail.is_empty() {
+            merge(&self.words[word + whole], 0, tail);
         }
     }
 
@@ -204,7 +254,10 @@ impl<'a> PageRef<'a> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::vec;
+    use std::vec::Vec;
 
     #[test]
     fn layout() {
@@ -240,6 +293,101 @@ mod tests {
         let id = PageRef::identity_mapped(&p);
         assert_eq!(id.gpa() % 4096, 0);
         assert_eq!(id.as_ptr() as u64, id.gpa());
+    }
+
+    /// A byte-for-byte model of the page to check the qword-wise copies against.
+    fn model_page(p: &Page) -> Vec<u8> {
+        let r = PageRef::identity_mapped(p);
+        (0..PAGE_SIZE).map(|i| r.load_u8(i)).collect()
+    }
+
+    fn fill_pattern(p: &Page, seed: u8) {
+        for (i, w) in p.words().iter().enumerate() {
+            let b: [u8; 8] =
+                core::array::from_fn(|k| ((i * 8 + k) as u8).wrapping_mul(13).wrapping_add(seed));
+            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+    }
+
+    // Every start offset within a qword, every length up to three qwords, at the start and at the
+    // very end of the page: write_bytes changes exactly the target bytes, read_bytes returns them.
+    #[test]
+    fn partial_qword_edges_match_a_byte_model() {
+        let p = Page::new();
+        let r = PageRef::identity_mapped(&p);
+        for base in [0, 64, PAGE_SIZE - 32] {
+            for start in 0..8 {
+                for len in 0..=24 {
+                    let offset = base + start;
+                    if offset + len > PAGE_SIZE {
+                        continue;
+                    }
+                    fill_pattern(&p, (start * 31 + len) as u8);
+                    let mut model = model_page(&p);
+                    let data: Vec<u8> = (0..len).map(|i| 0xA0 ^ (i as u8)).collect();
+                    model[offset..offset + len].copy_from_slice(&data);
+                    r.write_bytes(offset, &data);
+                    assert_eq!(model_page(&p), model, "write at {offset}, {len} bytes");
+                    let mut got = vec![0x5Au8; len + 2];
+                    r.read_bytes(offset, &mut got[1..=len]);
+                    assert_eq!(&got[1..=len], &data[..], "read at {offset}, {len} bytes");
+                    assert_eq!(
+                        (got[0], got[len + 1]),
+                        (0x5A, 0x5A),
+                        "read outside the buffer"
+                    );
+                    // A read of untouched bytes next to the write returns the pattern.
+                    let before = offset.saturating_sub(9);
+                    let mut around = vec![0u8; offset - before];
+                    r.read_bytes(before, &mut around);
+                    assert_eq!(&around[..], &model[before..offset]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn whole_page_round_trip() {
+        let p = Page::new();
+        let r = PageRef::identity_mapped(&p);
+        let data: Vec<u8> = (0..PAGE_SIZE).map(|i| (i * 7 + 3) as u8).collect();
+        r.write_bytes(0, &data);
+        assert_eq!(model_page(&p), data);
+        let mut got = vec![0u8; PAGE_SIZE];
+        r.read_bytes(0, &mut got);
+        assert_eq!(got, data);
+        // Empty accesses are allowed anywhere up to the end, including at PAGE_SIZE.
+        r.write_bytes(PAGE_SIZE, &[]);
+        r.read_bytes(PAGE_SIZE, &mut []);
+        assert_eq!(model_page(&p), data);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_copies_match_a_byte_model(
+            ops in proptest::collection::vec((0usize..PAGE_SIZE, 0usize..300, proptest::prelude::any::<u8>()), 1..40)
+        ) {
+            let p = Page::new();
+            let r = PageRef::identity_mapped(&p);
+            let mut model = vec![0u8; PAGE_SIZE];
+            for (offset, len, seed) in ops {
+                let len = len.min(PAGE_SIZE - offset);
+                let data: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
+                r.write_bytes(offset, &data);
+                model[offset..offset + len].copy_from_slice(&data);
+                let mut got = vec![0u8; len];
+                r.read_bytes(offset, &mut got);
+                proptest::prop_assert_eq!(&got, &data);
+            }
+            proptest::prop_assert_eq!(model_page(&p), model);
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn write_out_of_page() {
+        let p = Page::new();
+        PageRef::identity_mapped(&p).write_bytes(4095, &[0; 2]);
     }
 
     #[test]
