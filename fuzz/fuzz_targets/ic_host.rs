@@ -185,7 +185,8 @@ fuzz_target!(|input: Input| {
     cfg.heartbeat_interval = Duration::from_secs(3600);
     cfg.timesync_interval = Duration::from_secs(3600);
     cfg.trace = Some(Arc::new(TraceWriter::new(std::io::sink())));
-    let ics = HostIcs::new(cfg).expect("ticker thread");
+    cfg.background = false;
+    let ics = HostIcs::new(cfg).expect("no thread to start");
     let script: Script = Arc::new(Mutex::new(input.answers.into_iter().collect()));
     for s in Service::ALL {
         open(&ics, s, &script);

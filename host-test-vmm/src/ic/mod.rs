@@ -21,6 +21,7 @@
 //! Wire formats are `ic_services`' (one definition of every structure).
 
 mod channel;
+pub mod exercise;
 mod heartbeat;
 mod services;
 pub mod trace;
@@ -31,6 +32,7 @@ mod tests;
 pub use channel::{
     IcChannelStatus, IcCounters, IcVsp, LoopbackGuest, CHN_FLAG_NAMED_PIPE, PIPE_MODE_MESSAGE,
 };
+pub use exercise::{ExerciseReport, StepResult};
 pub use heartbeat::{HeartbeatState, HeartbeatStatus};
 pub use ic_services::kvp::KvpPool;
 pub use ic_services::shutdown::ShutdownKind;
@@ -210,6 +212,12 @@ pub struct IcConfig {
     pub wall_time: Clock,
     /// Where IC messages are traced.
     pub trace: Option<Arc<TraceWriter>>,
+    /// Run the heartbeat/time-sample thread (off: only requests on demand,
+    /// e.g. for fuzzing).
+    pub background: bool,
+    /// Run the [`exercise`] script on every service once it is negotiated
+    /// (for the bare-metal test guest; needs `background`).
+    pub exercise: bool,
 }
 
 impl std::fmt::Debug for IcConfig {
@@ -243,6 +251,8 @@ impl IcConfig {
             reference_time,
             wall_time: Arc::new(wall_time_now),
             trace: None,
+            background: true,
+            exercise: false,
         }
     }
 }
@@ -254,6 +264,8 @@ pub struct IcStatus {
     pub services: Vec<IcChannelStatus>,
     /// The heartbeat monitor.
     pub heartbeat: HeartbeatStatus,
+    /// The exercise script's results (all `null` unless it is enabled).
+    pub exercise: ExerciseReport,
 }
 
 struct Stopper {
@@ -266,6 +278,7 @@ pub(crate) struct Inner {
     cores: Vec<Arc<IcCore>>,
     heartbeat: heartbeat::Monitor,
     timesync: Mutex<services::TimeSyncState>,
+    exercise: Mutex<ExerciseReport>,
     stopper: Arc<Stopper>,
     ticker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -333,9 +346,13 @@ impl HostIcs {
             cfg,
             cores,
             timesync: Mutex::new(services::TimeSyncState::default()),
+            exercise: Mutex::new(ExerciseReport::default()),
             stopper: Arc::clone(&stopper),
             ticker: Mutex::new(None),
         });
+        if !inner.cfg.background {
+            return Ok(Self { inner });
+        }
         let weak = Arc::downgrade(&inner);
         let t = std::thread::Builder::new()
             .name("ic-ticker".into())
@@ -378,11 +395,21 @@ impl HostIcs {
         self.core(service).close_link();
     }
 
+    /// What the [`exercise`] script did so far.
+    pub fn exercise_report(&self) -> ExerciseReport {
+        self.inner
+            .exercise
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Every service's state and the heartbeat monitor.
     pub fn status(&self) -> IcStatus {
         IcStatus {
             services: self.inner.cores.iter().map(|c| c.status()).collect(),
             heartbeat: self.heartbeat(),
+            exercise: self.exercise_report(),
         }
     }
 
@@ -444,6 +471,12 @@ fn ticker(weak: &Weak<Inner>, stopper: &Stopper) {
             next_beat = Instant::now() + inner.cfg.heartbeat_interval;
         }
         services::timesync_tick(&inner, &mut next_sample);
+        if inner.cfg.exercise {
+            let ics = HostIcs {
+                inner: Arc::clone(&inner),
+            };
+            exercise::tick(&ics, &inner.exercise);
+        }
         let wake = next_sample.map_or(next_beat, |s| s.min(next_beat));
         let hb_interval = inner.cfg.heartbeat_interval;
         drop(inner);

@@ -1081,3 +1081,75 @@ fn loopback_guest_without_vmbus() {
     assert_eq!(ics.vss(op, T).unwrap_err(), IcError::NotOpen(Service::Vss));
     ics.stop();
 }
+
+#[test]
+fn exercise_script_drives_every_on_demand_service() {
+    let mut cfg = config();
+    cfg.heartbeat_interval = Duration::from_millis(20);
+    cfg.exercise = true;
+    let mut g = Guest::with(cfg, None);
+    let mut store = Store::default();
+    store
+        .map
+        .insert((2, "OSName".into()), "hvkit test guest".into());
+    let (_k, kvp) = g.open_endpoint(Service::Kvp, ic_services::kvp::Kvp::new(store));
+    let (_v, vss) = g.open_endpoint(Service::Vss, ic_services::vss::Vss::new(Freezer::default()));
+    let (_f, fc) = g.open_endpoint(Service::Fcopy, fcopy::FileCopy::new(Sink::default()));
+    wait_until("kvp, vss and fcopy scripts", || {
+        let r = g.ics.exercise_report();
+        r.kvp.is_some() && r.vss.is_some() && r.fcopy.is_some()
+    });
+    let r = g.ics.exercise_report();
+    assert_eq!(r.shutdown, None, "shutdown waits for its channel");
+    for step in [&r.kvp, &r.vss, &r.fcopy] {
+        let step = step.as_ref().unwrap();
+        assert_eq!((step.open, step.error.as_deref()), (1, None), "{step:?}");
+    }
+    assert_eq!(r.kvp.unwrap().detail.as_deref(), Some("auto_pool_keys=1"));
+    assert_eq!(
+        r.fcopy.unwrap().detail.as_deref(),
+        Some("bytes=8192 fragments=2")
+    );
+    {
+        let k = kvp.lock().unwrap();
+        // Set, read back, then deleted again.
+        assert!(!k
+            .service()
+            .provider()
+            .map
+            .contains_key(&(0, exercise::EXERCISE_KEY.into())));
+        let v = vss.lock().unwrap();
+        assert_eq!(
+            (v.service().handler().freezes, v.service().handler().thaws),
+            (1, 1)
+        );
+        let f = fc.lock().unwrap();
+        let sink = f.service().sink();
+        assert_eq!(sink.name, exercise::EXERCISE_FILE);
+        assert_eq!(sink.path, exercise::EXERCISE_DIR);
+        assert_eq!(sink.data, exercise::exercise_file());
+        assert!(sink.complete);
+    }
+    // The shutdown channel, opened last, gets the power-off request.
+    let (_s, sd) = g.open_endpoint(
+        Service::Shutdown,
+        ic_services::shutdown::Shutdown::new(Decider {
+            accept: true,
+            ..Decider::default()
+        }),
+    );
+    wait_until("the shutdown script", || {
+        g.ics.exercise_report().shutdown.is_some()
+    });
+    assert_eq!(g.ics.exercise_report().shutdown.unwrap().error, None);
+    let seen = sd.lock().unwrap().service().handler().seen.clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].kind, seen[0].force),
+        (ShutdownKind::PowerOff, false)
+    );
+    // Once per open: nothing runs twice.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(vss.lock().unwrap().service().handler().freezes, 1);
+    assert_eq!(g.ics.status().exercise.kvp.unwrap().open, 1);
+}
