@@ -99,7 +99,7 @@ impl<M: RingMemory, const P: usize> Channel<M, P> {
         &self.pending
     }
 
-    /// Sends any packet as is.
+    /// Sends any packet as is (publishes it, and anything staged before it).
     pub fn send_packet(
         &mut self,
         packet: &OutgoingPacket<'_>,
@@ -129,6 +129,38 @@ impl<M: RingMemory, const P: usize> Channel<M, P> {
         extension: &[u8],
         payload: &[&[u8]],
     ) -> Result<(u64, SignalNeeded), ChannelError> {
+        let id = self.stage_request_packet(packet_type, extension, payload)?;
+        Ok((id, self.commit()?))
+    }
+
+    // Staged sends: written into the ring after what is staged already but not published until
+    // `commit`, so a burst costs one signal decision (fact sheet §6.5: signal only when the ring
+    // was empty before the batch). A failed stage writes nothing and keeps the earlier ones.
+
+    /// Stages any packet as is.
+    pub fn stage_packet(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), ChannelError> {
+        Ok(self.tx.stage(packet)?)
+    }
+
+    /// Stages in-band data without a completion request.
+    pub fn stage(&mut self, transaction_id: u64, payload: &[&[u8]]) -> Result<(), ChannelError> {
+        self.stage_packet(&OutgoingPacket::inband(transaction_id, false, payload))
+    }
+
+    /// Stages in-band data asking for a completion; returns the transaction id it was given (it
+    /// is outstanding from now on; its completion can only come after the commit).
+    pub fn stage_request(&mut self, payload: &[&[u8]]) -> Result<u64, ChannelError> {
+        self.stage_request_packet(PacketType::DATA_INBAND, &[], payload)
+    }
+
+    /// Stages a packet of any type with `extension`, asking for a completion; returns its
+    /// transaction id.
+    pub fn stage_request_packet(
+        &mut self,
+        packet_type: PacketType,
+        extension: &[u8],
+        payload: &[&[u8]],
+    ) -> Result<u64, ChannelError> {
         if self.pending.is_full() {
             return Err(ChannelError::TooManyPending);
         }
@@ -139,10 +171,21 @@ impl<M: RingMemory, const P: usize> Channel<M, P> {
         let mut pkt = OutgoingPacket::inband(id, true, payload);
         pkt.packet_type = packet_type;
         pkt.extension = extension;
-        let signal = self.tx.try_write(&pkt)?;
+        self.tx.stage(&pkt)?;
         self.next_id = id.wrapping_add(1);
+        // Cannot fail: checked for room above.
         let _ = self.pending.push(id);
-        Ok((id, signal))
+        Ok(id)
+    }
+
+    /// Whether staged packets wait for [`Self::commit`].
+    pub fn has_staged(&self) -> bool {
+        self.tx.has_staged()
+    }
+
+    /// Publishes everything staged; says whether to signal the host (once for the whole batch).
+    pub fn commit(&mut self) -> Result<SignalNeeded, ChannelError> {
+        Ok(self.tx.commit()?)
     }
 
     /// Sends a completion for the host's request `transaction_id`.

@@ -21,6 +21,9 @@
 //!   GPADLs created, rescinds...). [`driver`] binds it to `hypercall`'s [`hypercall::hv::Hypervisor`]
 //!   and [`hypercall::hv::SynIc`]: HvPostMessage, the EOM protocol, HvSignalEvent.
 //!
+//! - **hvkit's test device** ([`test_device`]): the echo device's GUIDs and command encoding, for
+//!   the host that implements it and the guests that test against it (not a Hyper-V standard).
+//!
 //! The other side is untrusted in both directions: every length, offset and index read from a
 //! message or a ring is validated, and a bad one is an error, never a panic or an access outside
 //! the buffer.
@@ -34,6 +37,7 @@ pub mod guid;
 pub mod message;
 pub mod packet;
 pub mod ring;
+pub mod test_device;
 pub mod version;
 
 pub use guid::Guid;

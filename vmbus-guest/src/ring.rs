@@ -13,7 +13,10 @@
 //! multiple of 8, a descriptor whose length is shorter than itself or longer than the bytes
 //! available, all give a [`RingError`]; nothing here panics on ring contents or reads or writes
 //! outside the ring. Each side keeps its own index in a private copy, so the peer overwriting it
-//! cannot move our cursor.
+//! cannot move our cursor. Each side also remembers how much the peer's index allowed when it
+//! last loaded it (free space for the producer, unread bytes for the consumer) and loads it again
+//! only when that is not enough for the next packet, as an SPSC queue caches its peer's index;
+//! every load is validated as before, and the signalling decisions always load fresh values.
 //!
 //! Signalling (fact sheet §6.5): [`RingSender::commit`] says to signal only when the ring went
 //! from empty to non-empty and the reader has not masked interrupts; [`RingReceiver::commit`]
@@ -366,6 +369,9 @@ const fn used(read: u32, write: u32, size: u32) -> u32 {
 }
 
 fn copy_out<M: RingMemory>(mem: &M, size: u32, pos: u32, buf: &mut [u8]) {
+    if buf.is_empty() {
+        return;
+    }
     let pos = pos as usize;
     let first = (size as usize - pos).min(buf.len());
     let (a, b) = buf.split_at_mut(first);
@@ -383,6 +389,56 @@ fn copy_in<M: RingMemory>(mem: &M, size: u32, pos: u32, data: &[u8]) -> u32 {
         mem.write(CONTROL_SIZE, &data[first..]);
     }
     ((p + data.len()) % size as usize) as u32
+}
+
+/// Pieces of a packet up to this size are gathered on the stack and copied into the ring
+/// together, so a small packet costs one [`RingMemory::write`] instead of one per piece.
+const GATHER: usize = 256;
+
+/// Writes a packet's pieces one after another from a ring position, gathering small pieces.
+struct Gather<'m, M: RingMemory> {
+    mem: &'m M,
+    size: u32,
+    /// Ring position where `buf` goes.
+    pos: u32,
+    buf: [u8; GATHER],
+    fill: usize,
+}
+
+impl<'m, M: RingMemory> Gather<'m, M> {
+    fn new(mem: &'m M, size: u32, pos: u32) -> Self {
+        Self {
+            mem,
+            size,
+            pos,
+            buf: [0; GATHER],
+            fill: 0,
+        }
+    }
+
+    fn put(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if data.len() > GATHER - self.fill {
+            self.flush();
+            if data.len() > GATHER {
+                self.pos = copy_in(self.mem, self.size, self.pos, data);
+                return;
+            }
+        }
+        self.buf[self.fill..self.fill + data.len()].copy_from_slice(data);
+        self.fill += data.len();
+    }
+
+    /// Copies what is gathered into the ring; returns the position after everything put.
+    fn flush(&mut self) -> u32 {
+        if self.fill > 0 {
+            self.pos = copy_in(self.mem, self.size, self.pos, &self.buf[..self.fill]);
+            self.fill = 0;
+        }
+        self.pos
+    }
 }
 
 /// One packet to send.
@@ -450,6 +506,10 @@ pub struct RingSender<M: RingMemory> {
     /// Where the next staged packet goes (== `published` when nothing is staged).
     cursor: u32,
     pending_send_set: bool,
+    /// Free bytes after `cursor` when the read index was last loaded, minus what was staged
+    /// since. The reader only ever frees space, so this is a lower bound and `stage` loads (and
+    /// validates) the read index only when a packet does not fit in it.
+    known_free: u32,
 }
 
 impl<M: RingMemory> RingSender<M> {
@@ -463,6 +523,7 @@ impl<M: RingMemory> RingSender<M> {
             published: w,
             cursor: w,
             pending_send_set: false,
+            known_free: 0,
         })
     }
 
@@ -503,12 +564,15 @@ impl<M: RingMemory> RingSender<M> {
         if len > MAX_PACKET_SIZE || total >= self.size as usize {
             return Err(RingError::PacketTooLarge { len: total });
         }
-        let free = self.free()?;
-        if total >= free {
-            return Err(RingError::NotEnoughSpace {
-                needed: total,
-                free,
-            });
+        if total >= self.known_free as usize {
+            let free = self.free()?;
+            self.known_free = free as u32;
+            if total >= free {
+                return Err(RingError::NotEnoughSpace {
+                    needed: total,
+                    free,
+                });
+            }
         }
         let start = self.cursor;
         let desc = PacketDescriptor {
@@ -518,16 +582,24 @@ impl<M: RingMemory> RingSender<M> {
             flags: packet.flags,
             transaction_id: packet.transaction_id,
         };
-        let mut pos = copy_in(&self.mem, self.size, start, desc.as_bytes());
-        pos = copy_in(&self.mem, self.size, pos, packet.extension);
+        let mut out = Gather::new(&self.mem, self.size, start);
+        out.put(desc.as_bytes());
+        out.put(packet.extension);
+        let mut unpadded = DESCRIPTOR_SIZE + packet.extension.len();
         for part in packet.payload {
-            pos = copy_in(&self.mem, self.size, pos, part);
+            out.put(part);
+            unpadded += part.len();
         }
-        let unpadded = DESCRIPTOR_SIZE + packet.extension.len() + packet.payload_len();
-        pos = copy_in(&self.mem, self.size, pos, &[0; 8][..len - unpadded]);
-        pos = copy_in(&self.mem, self.size, pos, &trailer(start).to_le_bytes());
-        self.cursor = pos;
+        out.put(&[0; 8][..len - unpadded]);
+        out.put(&trailer(start).to_le_bytes());
+        self.cursor = out.flush();
+        self.known_free -= total as u32;
         Ok(())
+    }
+
+    /// Whether packets are staged and not yet published.
+    pub fn has_staged(&self) -> bool {
+        self.cursor != self.published
     }
 
     /// Publishes the staged packets (full barrier, then the write index) and says whether the
@@ -565,7 +637,9 @@ impl<M: RingMemory> RingSender<M> {
         self.mem.store_u32(control::PENDING_SEND_SIZE, bytes);
         self.pending_send_set = bytes != 0;
         self.mem.fence();
-        Ok(self.free()? > bytes as usize)
+        let free = self.free()?;
+        self.known_free = free as u32;
+        Ok(free > bytes as usize)
     }
 
     /// Whether the reader advertises pending_send_sz flow control (feature bit 0).
@@ -599,6 +673,10 @@ pub struct RingReceiver<M: RingMemory> {
     published: u32,
     /// The next packet to read (ahead of `published` within a batch).
     cursor: u32,
+    /// Unread bytes after `cursor` when the write index was last loaded, minus what was read
+    /// since. The writer only ever adds packets, so this is a lower bound and `try_read` loads
+    /// (and validates) the write index only when the next packet does not lie within it.
+    known_avail: u32,
 }
 
 impl<M: RingMemory> RingReceiver<M> {
@@ -611,6 +689,7 @@ impl<M: RingMemory> RingReceiver<M> {
             size,
             published: r,
             cursor: r,
+            known_avail: 0,
         })
     }
 
@@ -654,31 +733,73 @@ impl<M: RingMemory> RingReceiver<M> {
         if avail < DESCRIPTOR_SIZE + TRAILER_SIZE {
             return Err(corrupt);
         }
-        let mut d = [0u8; DESCRIPTOR_SIZE];
-        copy_out(&self.mem, self.size, self.cursor, &mut d);
-        let desc = PacketDescriptor::read_from_bytes(&d).map_err(|_| corrupt)?;
-        let len = desc.len();
-        let off = desc.data_offset();
-        if len < DESCRIPTOR_SIZE || off < DESCRIPTOR_SIZE || off > len || len + TRAILER_SIZE > avail
-        {
+        let desc = self.descriptor()?;
+        if desc.len() + TRAILER_SIZE > avail {
             return Err(corrupt);
         }
         Ok(Some(desc))
+    }
+
+    /// Reads the descriptor at the cursor (the caller made sure its bytes are available) and
+    /// checks it on its own: length and data offset at least 16, data offset within the packet.
+    fn descriptor(&self) -> Result<PacketDescriptor, RingError> {
+        let corrupt = RingError::CorruptPacket {
+            offset: self.cursor,
+        };
+        let mut d = [0u8; DESCRIPTOR_SIZE];
+        copy_out(&self.mem, self.size, self.cursor, &mut d);
+        let desc = PacketDescriptor::read_from_bytes(&d).map_err(|_| corrupt)?;
+        let (len, off) = (desc.len(), desc.data_offset());
+        if len < DESCRIPTOR_SIZE || off < DESCRIPTOR_SIZE || off > len {
+            return Err(corrupt);
+        }
+        Ok(desc)
     }
 
     /// Copies the next packet (descriptor through padding) into `buf` and moves the read cursor
     /// past it and its trailer, without publishing the read index ([`Self::commit`] does). `None`
     /// when the ring is empty. On [`RingError::BufferTooSmall`] nothing is consumed.
     pub fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<PacketInfo>, RingError> {
-        let Some(descriptor) = self.peek()? else {
-            return Ok(None);
+        // The same checks as `peek`, but the write index is loaded only when the bytes known to
+        // be available do not cover the descriptor, then the whole packet.
+        let corrupt = RingError::CorruptPacket {
+            offset: self.cursor,
         };
+        let mut avail = self.known_avail as usize;
+        if avail < DESCRIPTOR_SIZE + TRAILER_SIZE {
+            avail = self.available()?;
+            self.known_avail = avail as u32;
+            if avail == 0 {
+                return Ok(None);
+            }
+            if avail < DESCRIPTOR_SIZE + TRAILER_SIZE {
+                return Err(corrupt);
+            }
+        }
+        let descriptor = self.descriptor()?;
         let len = descriptor.len();
+        if len + TRAILER_SIZE > avail {
+            avail = self.available()?;
+            self.known_avail = avail as u32;
+            if len + TRAILER_SIZE > avail {
+                return Err(corrupt);
+            }
+        }
         let Some(dst) = buf.get_mut(..len) else {
             return Err(RingError::BufferTooSmall { needed: len });
         };
-        copy_out(&self.mem, self.size, self.cursor, dst);
-        self.cursor = ((self.cursor as usize + len + TRAILER_SIZE) % self.size as usize) as u32;
+        // The descriptor was read once already: copy it, and only the rest from the ring.
+        let (head, rest) = dst.split_at_mut(DESCRIPTOR_SIZE);
+        head.copy_from_slice(descriptor.as_bytes());
+        let size = self.size as usize;
+        copy_out(
+            &self.mem,
+            self.size,
+            ((self.cursor as usize + DESCRIPTOR_SIZE) % size) as u32,
+            rest,
+        );
+        self.cursor = ((self.cursor as usize + len + TRAILER_SIZE) % size) as u32;
+        self.known_avail -= (len + TRAILER_SIZE) as u32;
         Ok(Some(PacketInfo { descriptor, len }))
     }
 

@@ -18,36 +18,24 @@
 //!   next sub_channel_index) that echoes too.
 //!   The library equivalents are `VmbusServer::rescind` and
 //!   `VmbusServer::add_device(Box::new(EchoVsp::new(n)))`.
+//! - The GUIDs, the command encoding and the completion layout are defined
+//!   once, in `vmbus_guest::test_device` (no_std, shared with the guests);
+//!   the names here are re-exports.
 
 use super::channel::ChannelHandle;
 use super::vsp::{SendError, Vsp};
 use vmbus_guest::guid::Guid;
 use vmbus_guest::packet::{PacketType, PacketView};
 use vmbus_guest::ring::OutgoingPacket;
+use vmbus_guest::test_device::{self, Completion};
+use zerocopy::IntoBytes;
 
-/// Class GUID of the echo device.
-pub const ECHO_CLASS_ID: Guid = Guid::from_str_const("6827bc3e-28ac-40dc-8a38-8408214e1ce9");
-/// Instance GUID of echo device 0; device `n` replaces the last two bytes
-/// with `n` (big-endian).
-pub const ECHO_INSTANCE_BASE: Guid = Guid::from_str_const("b9d5e7fc-e817-4d41-98e2-b9ca98b90000");
-/// First 8 payload bytes of a control command.
-pub const ECHO_MAGIC: [u8; 8] = *b"hvkecho!";
-/// Command: rescind this device (after the echo).
-pub const CMD_RESCIND: u32 = 1;
-/// Command: hot-add echo device `argument` (after the echo).
-pub const CMD_HOT_ADD: u32 = 2;
-/// Command: offer a sub-channel of this channel (an echo too; after the
-/// echo).
-pub const CMD_SUBCHANNEL: u32 = 3;
-
-/// Instance GUID of echo device `n`.
-pub const fn echo_instance_id(n: u16) -> Guid {
-    let mut b = ECHO_INSTANCE_BASE.0;
-    let be = n.to_be_bytes();
-    b[14] = be[0];
-    b[15] = be[1];
-    Guid(b)
-}
+// The identifiers and the command encoding are defined once, in `vmbus_guest::test_device`
+// (the guests use them too); these names stay for the host's code.
+pub use test_device::{
+    instance_id as echo_instance_id, CLASS_ID as ECHO_CLASS_ID, CMD_HOT_ADD, CMD_RESCIND,
+    CMD_SUBCHANNEL, INSTANCE_BASE as ECHO_INSTANCE_BASE, MAGIC as ECHO_MAGIC,
+};
 
 /// The echo device.
 #[derive(Debug, Clone)]
@@ -73,14 +61,6 @@ impl EchoVsp {
     }
 }
 
-/// A control command in `payload`, if it is one.
-fn command(payload: &[u8]) -> Option<(u32, u32)> {
-    let rest = payload.strip_prefix(&ECHO_MAGIC[..])?;
-    let cmd = u32::from_le_bytes(rest.get(0..4)?.try_into().ok()?);
-    let arg = u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?);
-    Some((cmd, arg))
-}
-
 impl Vsp for EchoVsp {
     fn name(&self) -> &str {
         &self.name
@@ -104,9 +84,8 @@ impl Vsp for EchoVsp {
         let parts = [payload];
         let echo = OutgoingPacket::inband(tid, false, &parts);
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        let mut comp_body = [0u8; 8];
-        comp_body[..4].copy_from_slice(&len.to_le_bytes());
-        let comp_parts = [&comp_body[..]];
+        let comp_body = Completion::new(len);
+        let comp_parts = [comp_body.as_bytes()];
         let comp = OutgoingPacket::completion(tid, &comp_parts);
         if packet.descriptor().completion_requested() {
             ch.send_all(&[echo, comp])?;
@@ -114,7 +93,7 @@ impl Vsp for EchoVsp {
             ch.send(&echo)?;
         }
         self.echoed += 1;
-        match command(payload) {
+        match test_device::parse_command(payload) {
             Some((CMD_RESCIND, _)) => {
                 tracing::info!(relid = ch.relid(), "echo device asked to rescind itself");
                 ch.request_rescind();
@@ -152,11 +131,15 @@ mod tests {
             "b9d5e7fc-e817-4d41-98e2-b9ca98b90102"
         );
         assert_eq!(echo_instance_id(0), ECHO_INSTANCE_BASE);
+        assert_eq!(
+            format!("{ECHO_CLASS_ID}"),
+            "6827bc3e-28ac-40dc-8a38-8408214e1ce9"
+        );
         let mut p = ECHO_MAGIC.to_vec();
         p.extend_from_slice(&2u32.to_le_bytes());
         p.extend_from_slice(&7u32.to_le_bytes());
-        assert_eq!(command(&p), Some((2, 7)));
-        assert_eq!(command(&p[..12]), None);
-        assert_eq!(command(b"hello world, hello"), None);
+        assert_eq!(test_device::parse_command(&p), Some((CMD_HOT_ADD, 7)));
+        assert_eq!(test_device::parse_command(&p[..12]), None);
+        assert_eq!(test_device::parse_command(b"hello world, hello"), None);
     }
 }

@@ -25,40 +25,17 @@ use heapless::Deque;
 use hypercall::hv::{Hypervisor, SynIc};
 use hypercall::page::{PageRef, PAGE_SIZE};
 use hypercall::platform::Platform;
-use vmbus_guest::channel::{split_rings, Channel, ChannelError, Received};
-use vmbus_guest::client::{
-    ChannelState, Client, ClientConfig, ClientError, ConnectionState, Event,
-};
-use vmbus_guest::driver::{DriverError, Polled, VmBus};
+use vmbus_guest::channel::{Channel, ChannelError, Received};
+use vmbus_guest::client::{ChannelState, Client, ClientConfig, ConnectionState, Event};
+use vmbus_guest::driver::{DriverError, OpeningChannel, Pending, Polled, VmBus};
 use vmbus_guest::message::{GpadlMessages, PfnSource};
 use vmbus_guest::packet::{PacketType, PacketView, TRAILER_SIZE};
-use vmbus_guest::ring::{
-    control, OutgoingPacket, PageRefRing, RingError, RingMemory, SignalNeeded,
-};
+use vmbus_guest::ring::{control, OutgoingPacket, PageRefRing, RingError, RingMemory};
+use vmbus_guest::test_device::{self, Completion, CMD_HOT_ADD, CMD_RESCIND};
 use vmbus_guest::version::{Version, VMBUS_SINT};
-use vmbus_guest::Guid;
 
 use crate::irq;
 use crate::pages::{self, GPADL_PAGES, RING_PAGES};
-
-/// Class GUID of the host's echo device.
-const ECHO_CLASS: Guid = Guid::from_str_const("6827bc3e-28ac-40dc-8a38-8408214e1ce9");
-/// Instance GUID of echo device 0; device n has n (big-endian) in the last two bytes.
-const ECHO_INSTANCE_BASE: Guid = Guid::from_str_const("b9d5e7fc-e817-4d41-98e2-b9ca98b90000");
-/// First 8 payload bytes of an echo control command (then command, argument: u32 LE).
-const ECHO_MAGIC: [u8; 8] = *b"hvkecho!";
-/// Control command: rescind this device.
-const CMD_RESCIND: u32 = 1;
-/// Control command: hot-add echo device `argument`.
-const CMD_HOT_ADD: u32 = 2;
-
-const fn echo_instance(n: u16) -> Guid {
-    let mut b = ECHO_INSTANCE_BASE.0;
-    let be = n.to_be_bytes();
-    b[14] = be[0];
-    b[15] = be[1];
-    Guid(b)
-}
 
 /// 6.0 first, which the host does not speak, so the client's fallback to the
 /// next version runs; then Linux's order (5.3 first).
@@ -126,6 +103,9 @@ fn sint2_irqs() -> u32 {
 // ---- the interrupt routine and the event log ---------------------------------
 
 const LOG_LEN: usize = 32;
+/// `service` rounds one interrupt runs at most (each up to the driver's
+/// bound of messages).
+const ISR_ROUNDS: usize = 8;
 
 /// What the interrupt routine saw, for the checks to wait on.
 struct Log {
@@ -134,6 +114,8 @@ struct Log {
     n: usize,
     errors: u32,
     first_error: Option<DriverError>,
+    /// Times `service` said more was waiting after its bound.
+    extra_rounds: u32,
 }
 
 impl Log {
@@ -143,6 +125,7 @@ impl Log {
             n: 0,
             errors: 0,
             first_error: None,
+            extra_rounds: 0,
         }
     }
 
@@ -152,8 +135,9 @@ impl Log {
                 self.events[self.n % LOG_LEN] = Some(e);
                 self.n += 1;
             }
-            // Not VMBus (nothing else targets SINT2 during these checks).
-            Ok(Polled::Foreign(_)) => {}
+            // Not VMBus (nothing else targets SINT2 during these checks), or
+            // dropped while unloading (we never unload).
+            Ok(Polled::Foreign(_) | Polled::Discarded(_)) => {}
             Err(e) => {
                 self.errors += 1;
                 self.first_error.get_or_insert(e);
@@ -183,34 +167,60 @@ impl<'a, P: Platform> Shared<'a, P> {
         else {
             return;
         };
-        bus.service(
-            |r| log.record(r),
-            |relid| {
-                let i = if (relid as usize) < CHAN_IRQS.len() {
-                    relid as usize
-                } else {
-                    0
-                };
-                CHAN_IRQS[i].fetch_add(1, Ordering::AcqRel);
-            },
-        );
+        // A message left in the slot after the driver's bound raises no new
+        // interrupt: go round again while it says more is waiting.
+        for _ in 0..ISR_ROUNDS {
+            let done = bus.service(
+                |r| log.record(r),
+                |relid| {
+                    let i = if (relid as usize) < CHAN_IRQS.len() {
+                        relid as usize
+                    } else {
+                        0
+                    };
+                    CHAN_IRQS[i].fetch_add(1, Ordering::AcqRel);
+                },
+            );
+            if !done.more {
+                return;
+            }
+            log.extra_rounds += 1;
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Bus<'a, P>) -> R) -> R {
         irq::without_interrupts(|| f(&mut self.bus.borrow_mut()))
     }
 
-    /// A client request, then everything it queued is posted (answers arrive
-    /// through the interrupt routine).
-    fn request<R>(
+    /// Starts a request with one of the driver's `begin_*` forms and waits
+    /// (interrupt-driven, bounded) for the event `pending` recognises as its
+    /// answer. Events raised while posting (a refused connection id) come
+    /// with no interrupt: the interrupt routine's work is run at once then.
+    /// Returns the request's token, the answering event and what it means.
+    fn request<T>(
         &self,
-        f: impl FnOnce(&mut Client<8, 8, 8>) -> Result<R, ClientError>,
-    ) -> Result<R, DriverError> {
-        self.with(|b| {
-            let r = f(b.client_mut())?;
-            b.flush()?;
-            Ok(r)
-        })
+        what: &'static str,
+        begin: impl FnOnce(&mut Bus<'a, P>) -> Result<T, DriverError>,
+        pending: impl Fn(&T) -> Pending,
+    ) -> Result<(T, Event, Result<(), DriverError>), Failure> {
+        let mark = self.mark();
+        let started = irq::without_interrupts(|| {
+            let r = begin(&mut self.bus.borrow_mut());
+            // Only those: a message in the slot brings its own interrupt.
+            if self.bus.borrow().events_waiting() > 0 {
+                self.isr();
+            }
+            r
+        });
+        let t = started.map_err(|e| Failure::Driver(what, e))?;
+        let p = pending(&t);
+        match self.wait_event(mark, |e| p.outcome(e).is_some()) {
+            Some((_, e)) => {
+                let outcome = p.outcome(&e).unwrap_or(Err(DriverError::Timeout));
+                Ok((t, e, outcome))
+            }
+            None => Err(Failure::Timeout(what)),
+        }
     }
 
     fn client<R>(&self, f: impl FnOnce(&Client<8, 8, 8>) -> R) -> R {
@@ -220,6 +230,11 @@ impl<'a, P: Platform> Shared<'a, P> {
     /// The log position: events logged from now on are at or after it.
     fn mark(&self) -> usize {
         irq::without_interrupts(|| self.log.borrow().n)
+    }
+
+    /// Extra `service` rounds the interrupt routine ran (more was waiting).
+    fn extra_rounds(&self) -> u32 {
+        irq::without_interrupts(|| self.log.borrow().extra_rounds)
     }
 
     fn errors(&self) -> (u32, Option<DriverError>) {
@@ -237,16 +252,6 @@ impl<'a, P: Platform> Shared<'a, P> {
             found.is_some()
         });
         found
-    }
-
-    /// The interrupt routine's work, run by the checks (interrupts off).
-    fn service_now(&self) {
-        irq::without_interrupts(|| self.isr());
-    }
-
-    /// The first logged event from `mark` on that satisfies `pred`, now.
-    fn find(&self, mark: usize, pred: impl Fn(&Event) -> bool) -> Option<(usize, Event)> {
-        irq::without_interrupts(|| self.log.borrow().find(mark, pred))
     }
 
     /// Calls `f` with every logged event from `mark` on.
@@ -272,7 +277,6 @@ enum Failure {
     Status(&'static str, u32),
     Echo(EchoError),
     InStep(&'static str, EchoError),
-    Other(&'static str),
 }
 
 impl From<EchoError> for Failure {
@@ -289,7 +293,6 @@ impl fmt::Display for Failure {
             Self::Status(what, s) => write!(f, "{what} status {s:#x}"),
             Self::Echo(e) => e.fmt(f),
             Self::InStep(step, e) => write!(f, "{step}: {e}"),
-            Self::Other(s) => f.write_str(s),
         }
     }
 }
@@ -386,48 +389,40 @@ fn create_gpadl<P: Platform, S: PfnSource + ?Sized>(
     relid: u32,
     pfns: &S,
 ) -> Result<(u32, u32), Failure> {
-    let bytes = (pfns.pfn_count() * PAGE_SIZE) as u32;
-    let mark = sh.mark();
-    let h = sh
-        .request(|c| c.create_gpadl(relid, 0, bytes, pfns))
-        .map_err(|e| Failure::Driver("create GPADL", e))?;
-    match sh.wait_event(
-        mark,
-        |e| matches!(e, Event::GpadlCreated { gpadl, .. } if *gpadl == h),
-    ) {
-        Some((_, Event::GpadlCreated { status, .. })) => Ok((h, status)),
-        _ => Err(Failure::Timeout("GpadlCreated")),
+    let what = "GpadlCreated";
+    let (p, _, r) = sh.request(what, |b| b.begin_create_gpadl(relid, pfns), |p| *p)?;
+    let handle = p.gpadl().unwrap_or(0);
+    match r {
+        Ok(()) => Ok((handle, 0)),
+        Err(DriverError::Refused(status)) => Ok((handle, status)),
+        Err(e) => Err(Failure::Driver(what, e)),
     }
 }
 
 fn teardown_gpadl<P: Platform>(sh: &Shared<'_, P>, h: u32) -> Result<(), Failure> {
-    let mark = sh.mark();
-    sh.request(|c| c.teardown_gpadl(h))
-        .map_err(|e| Failure::Driver("GPADL teardown", e))?;
-    sh.wait_event(
-        mark,
-        |e| matches!(e, Event::GpadlTorndown { gpadl, .. } if *gpadl == h),
-    )
-    .map(|_| ())
-    .ok_or(Failure::Timeout("GpadlTorndown"))
+    let what = "GpadlTorndown";
+    let (_, _, r) = sh.request(what, |b| b.begin_teardown_gpadl(h), |p| *p)?;
+    r.map_err(|e| Failure::Driver(what, e))
 }
 
-/// OpenChannel on a created ring GPADL; returns the OpenResult status.
-fn open_on<P: Platform>(
+/// OpenChannel on a created ring GPADL over `ring`; returns the opening
+/// channel and the OpenResult status.
+fn open_on<'p, P: Platform>(
     sh: &Shared<'_, P>,
     relid: u32,
     gpadl: u32,
+    ring: &'p [PageRef<'static>],
     target_vp: u32,
-) -> Result<u32, Failure> {
-    let mark = sh.mark();
-    sh.request(|c| c.open(relid, gpadl, OUT_PAGES as u32, target_vp, [0; 120]))
-        .map_err(|e| Failure::Driver("OpenChannel", e))?;
-    match sh.wait_event(mark, |e| {
-        matches!(e, Event::OpenResult { relid: r, .. } | Event::Rescinded { relid: r, .. } if *r == relid)
-    }) {
-        Some((_, Event::OpenResult { status, .. })) => Ok(status),
-        Some(_) => Err(Failure::Other("rescinded while opening")),
-        None => Err(Failure::Timeout("OpenResult")),
+) -> Result<(OpeningChannel<'p, 'static>, u32), Failure> {
+    let what = "OpenResult";
+    let begin = |b: &mut Bus<'_, P>| {
+        b.begin_open_channel(relid, gpadl, ring, OUT_PAGES, target_vp, [0; 120])
+    };
+    let (opening, _, r) = sh.request(what, begin, OpeningChannel::pending)?;
+    match r {
+        Ok(()) => Ok((opening, 0)),
+        Err(DriverError::Refused(status)) => Ok((opening, status)),
+        Err(e) => Err(Failure::Driver(what, e)),
     }
 }
 
@@ -438,37 +433,26 @@ fn open_channel<'p, P: Platform>(
     relid: u32,
     ring: &'p [PageRef<'static>],
 ) -> Result<(Channel<Ring<'p>>, u32), Failure> {
-    let conn = sh
-        .client(|c| c.channel(relid).map(|c| c.connection_id()))
-        .ok_or(Failure::Other("channel not offered"))?;
     let (gpadl, status) = create_gpadl(sh, relid, ring)?;
     if status != 0 {
         return Err(Failure::Status("ring GpadlCreated", status));
     }
-    let (out, inb) = split_rings(ring, OUT_PAGES).map_err(|_| Failure::Other("ring pages"))?;
-    match open_on(sh, relid, gpadl, 0)? {
-        0 => {}
-        s => return Err(Failure::Status("OpenResult", s)),
+    match open_on(sh, relid, gpadl, ring, 0)? {
+        (opening, 0) => {
+            let chan = opening
+                .into_channel()
+                .map_err(|e| Failure::Driver("ring indices", e))?;
+            Ok((chan, gpadl))
+        }
+        (_, s) => Err(Failure::Status("OpenResult", s)),
     }
-    let chan = Channel::new(out, inb, conn).map_err(|_| Failure::Other("ring indices"))?;
-    Ok((chan, gpadl))
 }
 
 /// CloseChannel and the ring GPADL's teardown; waits for GpadlTorndown.
-fn close_channel<P: Platform>(
-    sh: &Shared<'_, P>,
-    relid: u32,
-    ring_gpadl: u32,
-) -> Result<(), Failure> {
-    let mark = sh.mark();
-    sh.request(|c| c.close(relid))
-        .map_err(|e| Failure::Driver("CloseChannel", e))?;
-    sh.wait_event(
-        mark,
-        |e| matches!(e, Event::GpadlTorndown { gpadl, .. } if *gpadl == ring_gpadl),
-    )
-    .map(|_| ())
-    .ok_or(Failure::Timeout("GpadlTorndown of the ring"))
+fn close_channel<P: Platform>(sh: &Shared<'_, P>, relid: u32) -> Result<(), Failure> {
+    let what = "GpadlTorndown of the ring";
+    let (_, _, r) = sh.request(what, |b| b.begin_close_channel(relid), |p| *p)?;
+    r.map_err(|e| Failure::Driver(what, e))
 }
 
 // ---- the data path --------------------------------------------------------------
@@ -582,7 +566,7 @@ struct Expect {
     tid: u64,
     len: usize,
     seed: u32,
-    command: Option<[u8; 16]>,
+    command: Option<[u8; test_device::COMMAND_LEN]>,
     completion: bool,
     echoed: bool,
 }
@@ -603,6 +587,8 @@ struct PhaseStats {
     completions_requested: u32,
     /// HvSignalEvent after a send (the ring went empty -> non-empty).
     signals: u32,
+    /// Publications of the write index (one per send, one per staged burst).
+    commits: u32,
     /// HvSignalEvent after reads (the host waited for space).
     space_signals: u32,
     replies: u32,
@@ -657,9 +643,9 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
         self.sh.with(|b| b.signal(conn))
     }
 
-    /// Sends one item. With `stage`, a packet without completion request is
-    /// only staged (published by the next commit: a request's send, or
-    /// [`Self::commit`] at the end of the burst), so a burst costs one signal.
+    /// Sends one item. With `stage`, it is only staged, requests included
+    /// (published by [`Self::commit`] at the end of the burst), so a burst
+    /// costs one signal decision.
     fn send_one(
         &mut self,
         tx: &mut [u8],
@@ -670,13 +656,10 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
         let mut cmd = None;
         let len = match it.command {
             Some((c, a)) => {
-                let mut b = [0u8; 16];
-                b[..8].copy_from_slice(&ECHO_MAGIC);
-                b[8..12].copy_from_slice(&c.to_le_bytes());
-                b[12..].copy_from_slice(&a.to_le_bytes());
-                tx[..16].copy_from_slice(&b);
+                let b = test_device::encode_command(c, a);
+                tx[..b.len()].copy_from_slice(&b);
                 cmd = Some(b);
-                16
+                b.len()
             }
             None => {
                 for (i, x) in tx[..it.size].iter_mut().enumerate() {
@@ -687,18 +670,12 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
         };
         let parts = [&tx[..len]];
         let ring_bytes = OutgoingPacket::inband(0, false, &parts).ring_bytes();
-        let sent = if it.completion {
-            self.chan.send_request(&parts)
-        } else if stage {
-            let tid = self.next_plain;
-            self.chan
-                .sender()
-                .stage(&OutgoingPacket::inband(tid, false, &parts))
-                .map(|()| (tid, SignalNeeded(false)))
-                .map_err(ChannelError::Ring)
-        } else {
-            let tid = self.next_plain;
-            self.chan.send(tid, &parts).map(|s| (tid, s))
+        let tid = self.next_plain;
+        let sent = match (it.completion, stage) {
+            (true, true) => self.chan.stage_request(&parts).map(|t| (t, None)),
+            (true, false) => self.chan.send_request(&parts).map(|(t, s)| (t, Some(s))),
+            (false, true) => self.chan.stage(tid, &parts).map(|()| (tid, None)),
+            (false, false) => self.chan.send(tid, &parts).map(|s| (tid, Some(s))),
         };
         match sent {
             Ok((tid, signal)) => {
@@ -709,9 +686,12 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
                 self.stats.packets += 1;
                 self.stats.bytes += len as u64;
                 self.stats.completions_requested += u32::from(it.completion);
-                if signal.needed() {
-                    self.signal()?;
-                    self.stats.signals += 1;
+                if let Some(signal) = signal {
+                    self.stats.commits += 1;
+                    if signal.needed() {
+                        self.signal()?;
+                        self.stats.signals += 1;
+                    }
                 }
                 Ok(Sent::Sent(Expect {
                     tid,
@@ -735,7 +715,11 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
 
     /// Publishes staged packets; signals the host if the ring was empty.
     fn commit(&mut self) -> Result<(), EchoError> {
-        if self.chan.sender().commit()?.needed() {
+        if !self.chan.has_staged() {
+            return Ok(());
+        }
+        self.stats.commits += 1;
+        if self.chan.commit()?.needed() {
             self.signal()?;
             self.stats.signals += 1;
         }
@@ -850,7 +834,7 @@ impl<'s, 'a, 'p, P: Platform> Link<'s, 'a, 'p, P> {
     /// Sends one control command (echoed first, then acted on).
     fn command(&mut self, bufs: &mut Buffers, cmd: u32, arg: u32) -> Result<(), EchoError> {
         let it = Item {
-            size: 16,
+            size: test_device::COMMAND_LEN,
             completion: false,
             command: Some((cmd, arg)),
         };
@@ -944,14 +928,13 @@ fn verify(
                 return Err(mismatch("completion transaction id", head, tid, 0));
             }
             let p = pkt.payload();
-            let word = |i: usize| {
-                p.get(i..i + 4)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            let Some(c) = Completion::parse(p) else {
+                return Err(mismatch("completion too short", head, tid, p.len()));
             };
-            if word(0) != Some(padded as u32) {
+            if c.echoed_len != padded as u32 {
                 return Err(mismatch("completion echoed_len", head, tid, p.len()));
             }
-            if word(4) != Some(0) {
+            if c.status != 0 {
                 return Err(mismatch("completion status", head, tid, 4));
             }
             stats.completions += 1;
@@ -1020,18 +1003,7 @@ fn channel_checks<P: Platform>(sh: &Shared<'_, P>, relid: u32, bufs: &mut Buffer
 fn connect_and_offers<P: Platform>(sh: &Shared<'_, P>) -> Option<u32> {
     let sint0 = sint2_irqs();
     let mark = sh.mark();
-    let posted = sh.request(|c| c.connect());
-    let answered = |e: &Event| matches!(e, Event::Connected { .. } | Event::ConnectFailed);
-    let mut answer = sh.wait_event(mark, answered);
-    let mut polled = false;
-    if answer.is_none() {
-        // A host that refuses the connection ids altogether sends no message,
-        // hence no interrupt: the driver keeps the refusals it saw while
-        // posting until the next poll. Collect them for the report.
-        sh.service_now();
-        answer = sh.find(mark, answered);
-        polled = true;
-    }
+    let answer = sh.request("VersionResponse", |b| b.begin_connect(), |p| *p);
     let mut refused: heapless::Vec<Version, 8> = heapless::Vec::new();
     sh.each_since(mark, |_, e| {
         if let Event::VersionRefused { version } = e {
@@ -1042,17 +1014,17 @@ fn connect_and_offers<P: Platform>(sh: &Shared<'_, P>) -> Option<u32> {
     let irqs = sint2_irqs().wrapping_sub(sint0);
     let (errors, first_error) = sh.errors();
     let (version, conn) = match answer {
-        Some((
+        Ok((
             _,
             Event::Connected {
                 version,
                 msg_conn_id,
             },
+            _,
         )) => (Some(version), msg_conn_id),
         _ => (None, 0),
     };
-    let ok = posted.is_ok()
-        && version == Some(Version::WIN10_V5_3)
+    let ok = version == Some(Version::WIN10_V5_3)
         && conn != 0
         && refused.as_slice() == [Version::COPPER]
         && state
@@ -1062,21 +1034,20 @@ fn connect_and_offers<P: Platform>(sh: &Shared<'_, P>) -> Option<u32> {
             })
         && irqs > 0
         && errors == 0;
+    let failure = match answer {
+        Ok((_, _, Err(e))) => Some(Failure::Driver("connect", e)),
+        Err(f) => Some(f),
+        Ok(_) => None,
+    };
     check!(
         "vmbus-connect",
         ok,
-        "version={} msg_conn_id={conn} tried={} refused={} sint2_irqs={irqs} post={} host_errors={errors} first_error={}{}",
+        "version={} msg_conn_id={conn} tried={} refused={} sint2_irqs={irqs} host_errors={errors} first_error={} error={}",
         ShowErr(version),
         Versions(&VERSIONS[..(refused.len() + 1).min(VERSIONS.len())]),
         Versions(&refused),
-        ShowErr(posted.err()),
         ShowErr(first_error),
-        match (answer, polled) {
-            (Some((_, Event::ConnectFailed)), _) => " answer=ConnectFailed",
-            (None, _) => " answer=none",
-            (_, true) => " answer=found only by polling",
-            _ => "",
-        }
+        ShowErr(failure)
     );
     version?;
 
@@ -1121,9 +1092,10 @@ fn connect_and_offers<P: Platform>(sh: &Shared<'_, P>) -> Option<u32> {
         None => check!(
             "vmbus-offers",
             false,
-            "offers={offers} all_offers_delivered={} but no offer of class {ECHO_CLASS} instance {}",
+            "offers={offers} all_offers_delivered={} but no offer of class {} instance {}",
             all.is_some(),
-            echo_instance(0)
+            test_device::CLASS_ID,
+            test_device::instance_id(0)
         ),
     }
     if ok {
@@ -1137,9 +1109,9 @@ fn connect_and_offers<P: Platform>(sh: &Shared<'_, P>) -> Option<u32> {
 fn sh_is_echo<P: Platform>(sh: &Shared<'_, P>, relid: u32, n: u16) -> bool {
     // Called from each_since (interrupts already off): borrow directly.
     let bus = sh.bus.borrow();
-    bus.client()
-        .channel(relid)
-        .is_some_and(|c| c.class() == ECHO_CLASS && c.instance() == echo_instance(n))
+    bus.client().channel(relid).is_some_and(|c| {
+        c.class() == test_device::CLASS_ID && test_device::device_index(&c.instance()) == Some(n)
+    })
 }
 
 /// The multi-page GPADL, kept until the end (its line is printed at teardown).
@@ -1231,19 +1203,17 @@ fn open_check<'p, P: Platform>(
     relid: u32,
     ring: &'p [PageRef<'static>],
 ) -> Option<(Channel<Ring<'p>>, u32)> {
-    let conn = sh.client(|c| c.channel(relid).map(|c| c.connection_id()))?;
     let result = (|| {
         let (gpadl, status) = create_gpadl(sh, relid, ring)?;
         if status != 0 {
             return Err(Failure::Status("ring GpadlCreated", status));
         }
-        let refused = open_on(sh, relid, gpadl, MISSING_VP)?;
+        let (_, refused) = open_on(sh, relid, gpadl, ring, MISSING_VP)?;
         let state_after_refusal = sh.client(|c| c.channel(relid).map(|c| c.state));
-        let (out, inb) = split_rings(ring, OUT_PAGES).map_err(|_| Failure::Other("ring pages"))?;
-        let status = open_on(sh, relid, gpadl, 0)?;
-        Ok((gpadl, refused, state_after_refusal, status, out, inb))
+        let (opening, status) = open_on(sh, relid, gpadl, ring, 0)?;
+        Ok((gpadl, refused, state_after_refusal, status, opening))
     })();
-    let (gpadl, refused, after, status, out, inb) = match result {
+    let (gpadl, refused, after, status, opening) = match result {
         Ok(r) => r,
         Err(f) => {
             check!("vmbus-open", false, "relid={relid}: {f}");
@@ -1251,7 +1221,7 @@ fn open_check<'p, P: Platform>(
         }
     };
     let state = sh.client(|c| c.channel(relid).map(|c| c.state));
-    let chan = Channel::new(out, inb, conn);
+    let chan = opening.into_channel();
     let ok = refused != 0
         && after == Some(ChannelState::Offered)
         && status == 0
@@ -1346,6 +1316,11 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
         && stream.is_ok()
         && phase_ok(&p, PINGPONG.len())
         && phase_ok(&s, STREAM_PACKETS)
+        // Staged bursts (requests included): fewer publications than packets,
+        // at most one signal per publication.
+        && s.commits < s.packets
+        && s.signals <= s.commits
+        && p.signals <= p.commits
         && flood.is_ok()
         && flood_ok
         && link.chan.pending().is_empty()
@@ -1354,7 +1329,7 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
     check!(
         "vmbus-echo",
         ok,
-        "relid={} pingpong: packets={} payload_bytes={} sizes={}..{} with_completion={} replies={} completions={} guest_signals={} host_irqs={} sint2_irqs={} | stream(window {STREAM_WINDOW}): packets={} payload_bytes={} with_completion={} replies={} completions={} guest_signals={} host_irqs={} sint2_irqs={} ring_full={} space_signals={} | flood(window {FLOOD_WINDOW}): packets={} payload_bytes={} replies={} guest_signals={} host_irqs={} outbound_full={} host_waited_space_signals={} | notifications per packet: guest->host {}/{} host->guest {}/{} | error={} host_errors={}",
+        "relid={} pingpong: packets={} payload_bytes={} sizes={}..{} with_completion={} replies={} completions={} guest_signals={} host_irqs={} sint2_irqs={} | stream(window {STREAM_WINDOW}): packets={} payload_bytes={} with_completion={} replies={} completions={} guest_signals={} host_irqs={} sint2_irqs={} commits={} ring_full={} space_signals={} | flood(window {FLOOD_WINDOW}): packets={} payload_bytes={} replies={} guest_signals={} host_irqs={} outbound_full={} host_waited_space_signals={} | notifications per packet: guest->host {}/{} host->guest {}/{} | error={} host_errors={} isr_extra_rounds={}",
         link.relid,
         p.packets,
         p.bytes,
@@ -1374,6 +1349,7 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
         s.signals,
         s.irqs,
         s.sint_irqs,
+        s.commits,
         s.ring_full,
         s.space_signals,
         f.packets,
@@ -1388,7 +1364,8 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
         s.irqs,
         s.packets,
         ShowErr(error),
-        ShowErr(first_error.filter(|_| e1 != e0))
+        ShowErr(first_error.filter(|_| e1 != e0)),
+        link.sh.extra_rounds()
     );
     ok
 }
@@ -1450,7 +1427,7 @@ fn close_check<P: Platform>(
     ring_gpadl: u32,
 ) -> bool {
     let relid = link.relid;
-    let closed = close_channel(sh, relid, ring_gpadl);
+    let closed = close_channel(sh, relid);
     let state = sh.client(|c| c.channel(relid).map(|c| c.state));
     let forgotten = sh.client(|c| c.gpadl(ring_gpadl).is_none());
 
@@ -1541,7 +1518,7 @@ fn rescind_check<P: Platform>(
         drop(link);
 
         // Device 0 again, to ask for device 2: it must get the released relid.
-        let (chan, gpadl0) = open_channel(sh, relid0, ring)?;
+        let (chan, _) = open_channel(sh, relid0, ring)?;
         let mut link = Link::new(sh, relid0, chan);
         let mark = sh.mark();
         link.command(bufs, CMD_HOT_ADD, 2)
@@ -1549,7 +1526,7 @@ fn rescind_check<P: Platform>(
         let hot2 = wait_offer(sh, mark)?;
         let hot2_is_echo2 = irq::without_interrupts(|| sh_is_echo(sh, hot2, 2));
         drop(link);
-        close_channel(sh, relid0, gpadl0)?;
+        close_channel(sh, relid0)?;
         Ok(Outcome {
             hot1,
             hot1_is_echo1,

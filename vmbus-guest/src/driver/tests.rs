@@ -30,6 +30,12 @@ fn leak_page(gpa: u64) -> PageRef<'static> {
 struct Model {
     max_version: Version,
     reject_connection_4: bool,
+    /// Every InitiateContact post fails with INVALID_CONNECTION_ID (no message is ever sent).
+    reject_contacts: bool,
+    /// RequestOffers posts fail with INVALID_PARAMETER.
+    fail_request_offers: bool,
+    /// An AllOffersDelivered goes out ahead of the UnloadResponse.
+    noise_before_unload_response: bool,
     silent: bool,
     refuse_open: bool,
     offers: Vec<OfferChannel>,
@@ -101,8 +107,20 @@ impl TestHost {
         if model.reject_connection_4 && input.connection_id == 4 {
             return HvStatus::INVALID_CONNECTION_ID;
         }
+        if model.reject_contacts
+            && ChannelMessage::parse(&payload).unwrap().msgtype()
+                == ChannelMessageType::INITIATE_CONTACT
+        {
+            return HvStatus::INVALID_CONNECTION_ID;
+        }
         if model.silent {
             return HvStatus::SUCCESS;
+        }
+        if model.fail_request_offers
+            && ChannelMessage::parse(&payload).unwrap().msgtype()
+                == ChannelMessageType::REQUEST_OFFERS
+        {
+            return HvStatus::INVALID_PARAMETER;
         }
         let reply = |model: &mut Model, m: MessageBuf| model.queue.push_back(m);
         match ChannelMessage::parse(&payload).unwrap() {
@@ -148,6 +166,12 @@ impl TestHost {
                 reply(&mut model, MessageBuf::fixed(&GpadlTorndown::new(t.gpadl)));
             }
             ChannelMessage::Unload => {
+                if model.noise_before_unload_response {
+                    reply(
+                        &mut model,
+                        MessageBuf::header_only(ChannelMessageType::ALL_OFFERS_DELIVERED),
+                    );
+                }
                 reply(
                     &mut model,
                     MessageBuf::header_only(ChannelMessageType::UNLOAD_RESPONSE),
@@ -384,6 +408,22 @@ fn refused_everywhere() {
     assert_eq!(g.host.posted_types().len(), Version::LINUX_ORDER.len());
 }
 
+// A host that refuses every InitiateContact at the hypercall sends no message at all: the whole
+// version list is walked inside the posting, and ConnectFailed must still come out.
+#[test]
+fn every_contact_post_refused() {
+    let g = guest(Version::WIN10_V5_3);
+    g.host.model.borrow_mut().reject_contacts = true;
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    assert_eq!(bus.connect(100), Err(DriverError::ConnectFailed));
+    assert_eq!(g.host.posted_types().len(), Version::LINUX_ORDER.len());
+    assert_eq!(
+        bus.client().state(),
+        crate::client::ConnectionState::Disconnected
+    );
+}
+
 // Rescind while open through the driver: close, teardown, then RELID_RELEASED; a garbage
 // message from the host is an error and polling continues.
 #[test]
@@ -453,12 +493,19 @@ fn interrupt_mode_service() {
     let n = bus.service(
         |r| match r {
             Ok(Polled::Event(e)) => events.push(e),
-            Ok(Polled::Foreign(_)) => panic!(),
+            Ok(_) => panic!(),
             Err(_) => errors += 1,
         },
         |_| panic!("no channel flags yet"),
     );
-    assert_eq!(n, 4);
+    assert_eq!(
+        n,
+        Serviced {
+            messages: 4,
+            channels: 0,
+            more: false
+        }
+    );
     assert_eq!(errors, 0);
     assert!(matches!(events[0], Event::Connected { .. }));
     assert_eq!(events[3], Event::AllOffersDelivered);
@@ -476,7 +523,7 @@ fn interrupt_mode_service() {
         },
         |r| relids.push(r),
     );
-    assert_eq!((n, errors), (3, 1));
+    assert_eq!((n.messages, n.channels, n.more, errors), (2, 1, false, 1));
     assert_eq!(
         events,
         [Event::Rescinded {
@@ -520,5 +567,380 @@ fn refused_open_tears_down_the_ring() {
     assert_eq!(
         bus.client().channel(1).unwrap().state,
         crate::client::ChannelState::Offered
+    );
+}
+
+fn interrupt_guest(max_version: Version) -> Guest {
+    let g = guest(max_version);
+    g.synic
+        .configure_sint(2, SintConfig::interrupt(0xF3))
+        .unwrap();
+    g
+}
+
+/// Everything one `service` call handed out.
+fn serviced(bus: &mut VmBus<'_, TestHost>) -> (Serviced, Vec<Result<Polled, DriverError>>) {
+    let mut got = Vec::new();
+    let s = bus.service(|r| got.push(r), |_| {});
+    (s, got)
+}
+
+fn events_of(got: &[Result<Polled, DriverError>]) -> Vec<Event> {
+    got.iter()
+        .filter_map(|r| match r {
+            Ok(Polled::Event(e)) => Some(*e),
+            _ => None,
+        })
+        .collect()
+}
+
+// Events raised while posting (no host message, so no interrupt) are visible at once: flush and
+// begin_connect report them, service hands them out with an empty slot, in order, and a version
+// list longer than the queue pauses posting instead of dropping anything.
+#[test]
+fn events_raised_while_posting_are_kept_and_visible() {
+    static LONG: [Version; 20] = [Version::WIN10_V5_3; 20];
+    let g = interrupt_guest(Version::WIN10_V5_3);
+    g.host.model.borrow_mut().reject_contacts = true;
+    let mut bus: VmBus<'_, TestHost> = VmBus::new(
+        g.hv,
+        g.synic,
+        g.host.input,
+        ClientConfig {
+            versions: &LONG,
+            ..ClientConfig::default()
+        },
+    );
+    let pending = bus.begin_connect().unwrap();
+    assert_eq!(bus.events_waiting(), EVENT_QUEUE_LEN);
+    assert_eq!(
+        g.host.posted_types().len(),
+        EVENT_QUEUE_LEN,
+        "paused, not dropped"
+    );
+    assert!(bus.has_outgoing());
+    assert!(bus.work_waiting());
+    let (s, got) = serviced(&mut bus);
+    assert_eq!(
+        s,
+        Serviced {
+            messages: LONG.len(),
+            channels: 0,
+            more: false
+        }
+    );
+    let events = events_of(&got);
+    assert_eq!(events.len(), LONG.len());
+    assert!(events[..LONG.len() - 1].iter().all(|e| *e
+        == Event::VersionRefused {
+            version: Version::WIN10_V5_3
+        }));
+    assert_eq!(events[LONG.len() - 1], Event::ConnectFailed);
+    assert_eq!(g.host.posted_types().len(), LONG.len());
+    assert_eq!(
+        pending.outcome(&events[LONG.len() - 1]),
+        Some(Err(DriverError::ConnectFailed))
+    );
+    assert_eq!(pending.outcome(&events[0]), None);
+    assert!(!bus.work_waiting());
+}
+
+// The standard list refused at the hypercall: the whole walk happens in begin_connect's flush;
+// take_event hands the events out directly.
+#[test]
+fn take_event_after_refused_contacts() {
+    let g = interrupt_guest(Version::WIN10_V5_3);
+    g.host.model.borrow_mut().reject_contacts = true;
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    bus.begin_connect().unwrap();
+    assert_eq!(bus.events_waiting(), Version::LINUX_ORDER.len());
+    assert_eq!(bus.flush(), Ok(Version::LINUX_ORDER.len()));
+    let mut events = Vec::new();
+    while let Some(e) = bus.take_event() {
+        events.push(e);
+    }
+    assert_eq!(events.len(), Version::LINUX_ORDER.len());
+    for (e, v) in events.iter().zip(Version::LINUX_ORDER) {
+        if v != Version::WIN8 {
+            assert_eq!(*e, Event::VersionRefused { version: v });
+        }
+    }
+    assert_eq!(events.last(), Some(&Event::ConnectFailed));
+    assert_eq!(bus.poll(), Ok(None));
+}
+
+// service stops at MAX_MESSAGES_PER_SERVICE and says that more is waiting; the next call takes
+// the rest and says nothing is left.
+#[test]
+fn service_reports_more() {
+    let g = interrupt_guest(Version::WIN10_V5_3);
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    bus.begin_connect().unwrap();
+    let (s, _) = serviced(&mut bus);
+    assert!(!s.more);
+    let extra = MAX_MESSAGES_PER_SERVICE + 6;
+    for _ in 0..extra {
+        g.host.push(MessageBuf::header_only(
+            ChannelMessageType::ALL_OFFERS_DELIVERED,
+        ));
+    }
+    let (s, got) = serviced(&mut bus);
+    assert_eq!((s.messages, s.more), (MAX_MESSAGES_PER_SERVICE, true));
+    assert_eq!(events_of(&got).len(), MAX_MESSAGES_PER_SERVICE);
+    let (s, got) = serviced(&mut bus);
+    assert_eq!((s.messages, s.more), (6, false));
+    assert_eq!(events_of(&got).len(), 6);
+    // Exactly the bound with nothing behind it: not "more".
+    for _ in 0..MAX_MESSAGES_PER_SERVICE {
+        g.host.push(MessageBuf::header_only(
+            ChannelMessageType::ALL_OFFERS_DELIVERED,
+        ));
+    }
+    let (s, _) = serviced(&mut bus);
+    assert_eq!((s.messages, s.more), (MAX_MESSAGES_PER_SERVICE, false));
+}
+
+// A post that fails right after a message was handled does not swallow that message's event:
+// the event comes first, the error with the next poll.
+#[test]
+fn failed_post_after_a_message_keeps_its_event() {
+    let g = guest(Version::WIN10_V5_3);
+    g.host.model.borrow_mut().fail_request_offers = true;
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    bus.begin_connect().unwrap();
+    assert!(matches!(
+        bus.poll(),
+        Ok(Some(Polled::Event(Event::Connected { .. })))
+    ));
+    assert_eq!(
+        bus.poll(),
+        Err(DriverError::Hv(HvError::Status(
+            HvStatus::INVALID_PARAMETER
+        )))
+    );
+    assert_eq!(bus.poll(), Ok(None));
+}
+
+// While UNLOAD is out, other host messages are consumed and reported as Discarded.
+#[test]
+fn discarded_while_unloading() {
+    let g = guest(Version::WIN10_V5_3);
+    g.host.model.borrow_mut().noise_before_unload_response = true;
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    bus.connect(100).unwrap();
+    bus.wait_offers(100).unwrap();
+    let p = bus.begin_unload().unwrap();
+    assert_eq!(
+        bus.poll(),
+        Ok(Some(Polled::Discarded(
+            ChannelMessageType::ALL_OFFERS_DELIVERED
+        )))
+    );
+    let Ok(Some(Polled::Event(e))) = bus.poll() else {
+        panic!()
+    };
+    assert_eq!(p.outcome(&e), Some(Ok(())));
+}
+
+// The whole control path in interrupt mode with the begin_* forms: each answer comes out of
+// service and is recognised by Pending::outcome; nothing spins.
+#[test]
+fn begin_forms_in_interrupt_mode() {
+    let g = interrupt_guest(Version::WIN10_V5_3);
+    g.host.model.borrow_mut().refuse_open = true;
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    // Runs the "interrupt handler" and returns the outcome of `p`.
+    fn answer(bus: &mut VmBus<'_, TestHost>, p: Pending) -> Option<Result<(), DriverError>> {
+        let (_, got) = serviced(bus);
+        events_of(&got).iter().find_map(|e| p.outcome(e))
+    }
+    let p = bus.begin_connect().unwrap();
+    assert_eq!(answer(&mut bus, p), Some(Ok(())));
+    assert_eq!(bus.client().channels().len(), 2);
+
+    let pages = ring_pages(4);
+    let p = bus.begin_create_gpadl(1, pages).unwrap();
+    let Pending::GpadlCreate { relid: 1, gpadl } = p else {
+        panic!("{p:?}")
+    };
+    assert_eq!(p.gpadl(), Some(gpadl));
+    assert_eq!(answer(&mut bus, p), Some(Ok(())));
+
+    // A refused open leaves the GPADL created, for another try.
+    let opening = bus
+        .begin_open_channel(1, gpadl, pages, 2, 0, [0; 120])
+        .unwrap();
+    assert_eq!(
+        answer(&mut bus, opening.pending()),
+        Some(Err(DriverError::Refused(0xC000_0001)))
+    );
+    assert_eq!(
+        bus.client().gpadl(gpadl).unwrap().state,
+        crate::client::GpadlState::Created
+    );
+    g.host.model.borrow_mut().refuse_open = false;
+    let opening = bus
+        .begin_open_channel(1, gpadl, pages, 2, 0, [0; 120])
+        .unwrap();
+    assert_eq!(opening.ring_gpadl(), gpadl);
+    assert_eq!(answer(&mut bus, opening.pending()), Some(Ok(())));
+    let ch: Channel<PageRefRing<'_, '_>> = opening.into_channel().unwrap();
+    assert_eq!(ch.connection_id(), 0x2001);
+
+    let p = bus.begin_close_channel(1).unwrap();
+    assert_eq!(
+        p,
+        Pending::Close {
+            relid: 1,
+            ring_gpadl: gpadl
+        }
+    );
+    assert_eq!(answer(&mut bus, p), Some(Ok(())));
+    assert!(bus.client().gpadl(gpadl).is_none());
+
+    // A second GPADL, torn down explicitly.
+    let p = bus.begin_create_gpadl(2, &[0x300u64, 0x301][..]).unwrap();
+    assert_eq!(answer(&mut bus, p), Some(Ok(())));
+    let Pending::GpadlCreate { gpadl, .. } = p else {
+        panic!()
+    };
+    let p = bus.begin_teardown_gpadl(gpadl).unwrap();
+    assert_eq!(answer(&mut bus, p), Some(Ok(())));
+
+    // An open the host never answers, then a rescind: answered with Rescinded.
+    g.host.model.borrow_mut().silent = true;
+    let p = bus.begin_create_gpadl(2, pages).unwrap();
+    g.host.model.borrow_mut().silent = false;
+    g.host.push(MessageBuf::fixed(&RescindChannelOffer::new(2)));
+    assert_eq!(answer(&mut bus, p), Some(Err(DriverError::Rescinded(2))));
+
+    let p = bus.begin_unload().unwrap();
+    assert_eq!(answer(&mut bus, p), Some(Ok(())));
+}
+
+#[test]
+fn pending_outcomes() {
+    let open = Pending::Open {
+        relid: 3,
+        ring_gpadl: 9,
+    };
+    let close = Pending::Close {
+        relid: 3,
+        ring_gpadl: 9,
+    };
+    let torn = |gpadl| Event::GpadlTorndown { relid: 3, gpadl };
+    assert_eq!(
+        open.outcome(&Event::OpenResult {
+            relid: 3,
+            status: 0
+        }),
+        Some(Ok(()))
+    );
+    assert_eq!(
+        open.outcome(&Event::OpenResult {
+            relid: 4,
+            status: 0
+        }),
+        None
+    );
+    assert_eq!(
+        open.outcome(&Event::Rescinded {
+            relid: 3,
+            was_open: true
+        }),
+        Some(Err(DriverError::Rescinded(3)))
+    );
+    assert_eq!(
+        open.outcome(&Event::Unloaded),
+        Some(Err(DriverError::Client(ClientError::NotConnected)))
+    );
+    assert_eq!(close.outcome(&torn(9)), Some(Ok(())));
+    assert_eq!(close.outcome(&torn(8)), None);
+    assert_eq!(
+        Pending::GpadlTeardown { gpadl: 9 }.outcome(&torn(9)),
+        Some(Ok(()))
+    );
+    let create = Pending::GpadlCreate { relid: 3, gpadl: 9 };
+    assert_eq!(
+        create.outcome(&Event::GpadlCreated {
+            relid: 3,
+            gpadl: 9,
+            status: 5
+        }),
+        Some(Err(DriverError::Refused(5)))
+    );
+    assert_eq!(Pending::Connect.outcome(&Event::Unloaded), None);
+    assert_eq!(Pending::Unload.outcome(&Event::AllOffersDelivered), None);
+}
+
+// Staged requests: several requests and plain packets are published by one commit with one
+// signal decision; the host sees none of them before.
+#[test]
+fn staged_requests_commit_once() {
+    let g = guest(Version::WIN10_V5_3);
+    let mut bus: VmBus<'_, TestHost> =
+        VmBus::new(g.hv, g.synic, g.host.input, ClientConfig::default());
+    bus.connect(100).unwrap();
+    bus.wait_offers(100).unwrap();
+    let pages = ring_pages(4);
+    let (mut ch, _) = bus.open_channel(1, pages, 2, 0, [0; 120], 100).unwrap();
+    let t1 = ch.stage_request(&[b"one"]).unwrap();
+    ch.stage(500, &[b"plain"]).unwrap();
+    let t2 = ch.stage_request(&[b"two"]).unwrap();
+    assert_ne!(t1, t2);
+    assert!(ch.has_staged());
+    assert_eq!(ch.pending(), [t1, t2]);
+    let out_ring = PageRefRing::new(&pages[..2]).unwrap();
+    let mut host_rx = RingReceiver::new(out_ring).unwrap();
+    let mut buf = [0u8; 256];
+    assert!(
+        host_rx.try_read_packet(&mut buf).unwrap().is_none(),
+        "nothing published yet"
+    );
+    let sig = ch.commit().unwrap();
+    assert!(sig.needed());
+    assert!(!ch.has_staged());
+    assert_eq!(
+        ch.commit(),
+        Ok(SignalNeeded(false)),
+        "nothing left to publish"
+    );
+    let mut seen = Vec::new();
+    while let Some(p) = host_rx.try_read_packet(&mut buf).unwrap() {
+        seen.push((p.transaction_id(), p.descriptor().completion_requested()));
+    }
+    assert_eq!(seen, [(t1, true), (500, false), (t2, true)]);
+    // Completions in any order match the staged requests.
+    let in_ring = PageRefRing::new(&pages[2..]).unwrap();
+    let mut host_tx = RingSender::new(in_ring).unwrap();
+    for t in [t2, t1] {
+        let _ = host_tx
+            .try_write(&OutgoingPacket::completion(t, &[]))
+            .unwrap();
+    }
+    let mut rbuf = [0u8; 256];
+    for want in [t2, t1] {
+        match ch.recv(&mut rbuf).unwrap().unwrap() {
+            Received::Completion { transaction_id, .. } => assert_eq!(transaction_id, want),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(ch.pending().is_empty());
+    // A full pending table refuses a staged request without writing anything.
+    let mut small: Channel<PageRefRing<'_, '_>, 1> = Channel::new(
+        PageRefRing::new(&pages[..2]).unwrap(),
+        PageRefRing::new(&pages[2..]).unwrap(),
+        0x2001,
+    )
+    .unwrap();
+    small.stage_request(&[b"a"]).unwrap();
+    assert_eq!(
+        small.stage_request(&[b"b"]),
+        Err(ChannelError::TooManyPending)
     );
 }
