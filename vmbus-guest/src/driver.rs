@@ -7,7 +7,9 @@
 //! **Polling**: configure SINT2 with [`hypercall::hv::SintConfig::polled`] (or leave interrupts
 //! off) and use the blocking helpers ([`VmBus::connect`], [`VmBus::open_channel`], ...), or
 //! [`VmBus::poll`] in a loop. The blocking helpers spin at most `max_polls` times and then give
-//! [`DriverError::Timeout`]: a host that never answers cannot hang the guest.
+//! [`DriverError::Timeout`]: a host that never answers cannot hang the guest. They drop whatever
+//! else they poll meanwhile (other events, foreign messages; the client's tables still reflect the
+//! events): to keep it, use the `begin_*` form with [`VmBus::wait_for`] and its `others` sink.
 //!
 //! **Interrupts**: configure SINT2 with a vector. The handler calls [`VmBus::service`] (it drains
 //! SINT2's slot and the channel event flags, then EOIs); if [`Serviced::more`] is set, work is
@@ -509,9 +511,10 @@ impl<'a, P: Platform, const C: usize, const G: usize, const O: usize> VmBus<'a, 
             .channel(relid)
             .ok_or(ClientError::UnknownChannel(relid))?
             .connection_id();
-        let offset = u32::try_from(outbound_pages).map_err(|_| ClientError::WrongState)?;
         // Before the open: the host reads the ring indices when it accepts.
         let (outbound, inbound) = split_rings(pages, outbound_pages).map_err(ChannelError::Ring)?;
+        // At most `pages.len()` (split_rings checked), so it fits.
+        let offset = u32::try_from(outbound_pages).map_err(|_| ClientError::WrongState)?;
         self.client
             .open(relid, ring_gpadl, offset, target_vp, user_data)?;
         self.flush()?;
