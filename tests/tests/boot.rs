@@ -14,9 +14,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use host_test_vmm::hv;
+use host_test_vmm::vmbus::echo::{EchoVsp, ECHO_MAGIC};
+use host_test_vmm::vmbus::{ChannelHandle, SendError, VmbusOptions, VmbusServer, Vsp};
 use host_test_vmm::vmm::hv_glue::{self, CpuidEntry, HvContext, HvPort, HvRegs};
 use host_test_vmm::vmm::{self, HvFactory, RunOutcome, SerialOutput, VmConfig, EXPECTED_CHECKS};
 use hypercall::msr;
+use vmbus_guest::packet::PacketView;
 
 fn require_kvm() {
     let ok = std::fs::OpenOptions::new()
@@ -99,10 +102,14 @@ fn every_check_passes_on_two_vcpus() {
 struct Faulty {
     inner: Arc<hv::Hypervisor>,
     fault: Fault,
+    /// A VMBus server on `inner`, for the VMBus faults (which live in its devices).
+    bus: Option<Arc<VmbusServer>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Fault {
+    /// Nothing wrong in the emulation itself.
+    None,
     EomIgnored,
     GuestOsIdReadbackCorrupt,
     TscFrequencyTwoPercentHigh,
@@ -168,10 +175,19 @@ impl HvPort for Faulty {
     fn eoi_msr_granted(&self) -> bool {
         HvPort::eoi_msr_granted(&*self.inner)
     }
+    fn vmbus_stats(&self) -> Option<host_test_vmm::vmbus::VmbusStats> {
+        self.bus.as_ref().map(|b| b.stats())
+    }
     fn reset(&self) {
+        if let Some(b) = &self.bus {
+            b.reset();
+        }
         HvPort::reset(&*self.inner)
     }
     fn shutdown(&self) {
+        if let Some(b) = &self.bus {
+            b.shutdown();
+        }
         HvPort::shutdown(&*self.inner)
     }
 }
@@ -207,7 +223,11 @@ fn faulty(fault: Fault) -> HvFactory {
         let h = hv::Hypervisor::new(cfg, ctx.mem, irq, ctx.tsc)
             .map_err(|e| vmm::VmmError::Hv(e.to_string()))?;
         h.install_test_services();
-        Ok(Arc::new(Faulty { inner: h, fault }) as Arc<dyn HvPort>)
+        Ok(Arc::new(Faulty {
+            inner: h,
+            fault,
+            bus: None,
+        }) as Arc<dyn HvPort>)
     })
 }
 
@@ -295,6 +315,107 @@ fn checks_fail_without_the_host_test_services() {
             "{name} passed without the echo services"
         );
     }
+}
+
+/// An echo device that breaks one thing on purpose.
+struct BrokenEcho {
+    inner: EchoVsp,
+    fault: EchoFault,
+    data_packets: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum EchoFault {
+    /// Flip the first payload byte of the 5th data packet before echoing it.
+    CorruptFifthPacket,
+    /// Swallow control commands (so the device never rescinds itself).
+    IgnoreCommands,
+}
+
+impl Vsp for BrokenEcho {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn class_id(&self) -> vmbus_guest::guid::Guid {
+        self.inner.class_id()
+    }
+    fn instance_id(&self) -> vmbus_guest::guid::Guid {
+        self.inner.instance_id()
+    }
+    fn on_packet(&mut self, ch: &ChannelHandle, packet: &PacketView<'_>) -> Result<(), SendError> {
+        let is_command = packet.payload().starts_with(&ECHO_MAGIC);
+        match self.fault {
+            EchoFault::IgnoreCommands if is_command => Ok(()),
+            EchoFault::CorruptFifthPacket if !is_command => {
+                self.data_packets += 1;
+                if self.data_packets != 5 || packet.payload().is_empty() {
+                    return self.inner.on_packet(ch, packet);
+                }
+                let mut bytes = packet.bytes().to_vec();
+                bytes[packet.descriptor().data_offset()] ^= 0x5A;
+                let corrupted = PacketView::new(&bytes).expect("still a packet");
+                self.inner.on_packet(ch, &corrupted)
+            }
+            _ => self.inner.on_packet(ch, packet),
+        }
+    }
+}
+
+fn vmbus_with(fault: EchoFault) -> HvFactory {
+    Arc::new(move |ctx: HvContext| {
+        let cfg = hv::HvConfig {
+            vp_count: ctx.vp_count,
+            tsc_hz: ctx.tsc_hz,
+            features: hv::HvFeatures::default(),
+        };
+        let h = hv::Hypervisor::new(cfg, ctx.mem, ctx.irq, ctx.tsc)
+            .map_err(|e| vmm::VmmError::Hv(e.to_string()))?;
+        h.install_test_services();
+        let bus = VmbusServer::new(h.clone(), VmbusOptions::default())
+            .map_err(|e| vmm::VmmError::Hv(e.to_string()))?;
+        bus.add_device(Box::new(BrokenEcho {
+            inner: EchoVsp::new(0),
+            fault,
+            data_packets: 0,
+        }))
+        .map_err(|e| vmm::VmmError::Hv(e.to_string()))?;
+        Ok(Arc::new(Faulty {
+            inner: h,
+            fault: Fault::None,
+            bus: Some(bus),
+        }) as Arc<dyn HvPort>)
+    })
+}
+
+#[test]
+fn check_vmbus_connect_fails_without_a_vmbus_server() {
+    let out = boot(1, Some(hv_glue::hyperv(hv::HvFeatures::default(), true)));
+    assert!(!check(&out, "vmbus-connect").ok);
+    assert!(!out.passed());
+}
+
+#[test]
+fn check_vmbus_echo_fails_when_the_device_corrupts_a_packet() {
+    let out = boot(1, Some(vmbus_with(EchoFault::CorruptFifthPacket)));
+    let c = check(&out, "vmbus-echo");
+    assert!(
+        !c.ok,
+        "vmbus-echo passed with a corrupted echo: {}",
+        c.detail
+    );
+    assert!(!out.passed());
+}
+
+#[test]
+fn check_vmbus_rescind_fails_when_the_device_never_rescinds() {
+    let out = boot(1, Some(vmbus_with(EchoFault::IgnoreCommands)));
+    let c = check(&out, "vmbus-rescind");
+    assert!(
+        !c.ok,
+        "vmbus-rescind passed without a rescind: {}",
+        c.detail
+    );
+    assert!(!out.passed());
 }
 
 /// Exit counts are stable on this machine even when times are not: one exit
