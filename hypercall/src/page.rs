@@ -92,11 +92,13 @@ impl<'a> PageRef<'a> {
     }
 
     /// The page's guest-physical address.
+    #[inline]
     pub const fn gpa(&self) -> u64 {
         self.gpa
     }
 
     /// The page's guest-physical page number (`gpa >> 12`).
+    #[inline]
     pub const fn gpn(&self) -> u64 {
         self.gpa >> 12
     }
@@ -107,52 +109,62 @@ impl<'a> PageRef<'a> {
     }
 
     /// The qwords of the page.
+    #[inline]
     pub const fn words(&self) -> &'a [AtomicU64; PAGE_WORDS] {
         self.words
     }
 
+    #[inline]
     fn word(&self, offset: usize) -> &'a AtomicU64 {
         assert!(offset.is_multiple_of(8), "unaligned qword offset");
         &self.words[offset / 8]
     }
 
     /// Atomic (acquire) load of the qword at `offset` (8-aligned).
+    #[inline]
     pub fn load_u64(&self, offset: usize) -> u64 {
         self.word(offset).load(Ordering::Acquire)
     }
 
     /// Atomic (release) store of the qword at `offset` (8-aligned).
+    #[inline]
     pub fn store_u64(&self, offset: usize, value: u64) {
         self.word(offset).store(value, Ordering::Release)
     }
 
     /// Atomic (acquire) load of the dword at `offset` (4-aligned).
+    #[inline]
     pub fn load_u32(&self, offset: usize) -> u32 {
         assert!(offset.is_multiple_of(4), "unaligned dword offset");
         (self.load_u64(offset & !7) >> ((offset & 4) * 8)) as u32
     }
 
     /// Atomic load of the byte at `offset`.
+    #[inline]
     pub fn load_u8(&self, offset: usize) -> u8 {
         (self.load_u64(offset & !7) >> ((offset & 7) * 8)) as u8
     }
 
     /// Atomically swaps the qword at `offset` (8-aligned), returning the old value.
+    #[inline]
     pub fn swap_u64(&self, offset: usize, value: u64) -> u64 {
         self.word(offset).swap(value, Ordering::AcqRel)
     }
 
     /// Atomically ANDs the qword at `offset` (8-aligned) with `mask`, returning the old value.
+    #[inline]
     pub fn fetch_and_u64(&self, offset: usize, mask: u64) -> u64 {
         self.word(offset).fetch_and(mask, Ordering::AcqRel)
     }
 
     /// Atomically ORs the qword at `offset` (8-aligned) with `bits`, returning the old value.
+    #[inline]
     pub fn fetch_or_u64(&self, offset: usize, bits: u64) -> u64 {
         self.word(offset).fetch_or(bits, Ordering::AcqRel)
     }
 
     /// Atomic compare-exchange of the qword at `offset` (8-aligned).
+    #[inline]
     pub fn compare_exchange_u64(&self, offset: usize, current: u64, new: u64) -> Result<u64, u64> {
         self.word(offset)
             .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)

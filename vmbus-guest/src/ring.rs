@@ -187,6 +187,7 @@ impl<'p, 'a> PageRefRing<'p, 'a> {
 }
 
 impl RingMemory for PageRefRing<'_, '_> {
+    #[inline]
     fn len(&self) -> usize {
         self.pages.len() * PAGE_SIZE
     }
@@ -212,6 +213,7 @@ impl RingMemory for PageRefRing<'_, '_> {
         }
     }
 
+    #[inline]
     fn load_u32(&self, offset: usize) -> u32 {
         self.pages[0].load_u32(offset)
     }
@@ -360,6 +362,7 @@ fn check_index(index: Index, value: u32, size: u32) -> Result<u32, RingError> {
 }
 
 /// Bytes in use between `read` and `write` in a ring of `size` bytes.
+#[inline]
 const fn used(read: u32, write: u32, size: u32) -> u32 {
     if write >= read {
         write - read
@@ -388,7 +391,21 @@ fn copy_in<M: RingMemory>(mem: &M, size: u32, pos: u32, data: &[u8]) -> u32 {
     if first < data.len() {
         mem.write(CONTROL_SIZE, &data[first..]);
     }
-    ((p + data.len()) % size as usize) as u32
+    advance(pos, data.len(), size)
+}
+
+/// `pos + by` modulo the data size; callers pass `pos < size` and `by <= size`, so this is one
+/// compare instead of a division (a general remainder stays as the never-taken fallback).
+#[inline]
+fn advance(pos: u32, by: usize, size: u32) -> u32 {
+    let (p, s) = (pos as usize + by, size as usize);
+    (if p < s {
+        p
+    } else if p - s < s {
+        p - s
+    } else {
+        p % s
+    }) as u32
 }
 
 /// Pieces of a packet up to this size are gathered on the stack and copied into the ring
@@ -459,6 +476,7 @@ pub struct OutgoingPacket<'a> {
 
 impl<'a> OutgoingPacket<'a> {
     /// An in-band data packet.
+    #[inline]
     pub const fn inband(transaction_id: u64, completion: bool, payload: &'a [&'a [u8]]) -> Self {
         Self {
             packet_type: PacketType::DATA_INBAND,
@@ -470,6 +488,7 @@ impl<'a> OutgoingPacket<'a> {
     }
 
     /// A completion for `transaction_id`.
+    #[inline]
     pub const fn completion(transaction_id: u64, payload: &'a [&'a [u8]]) -> Self {
         Self {
             packet_type: PacketType::COMPLETION,
@@ -481,16 +500,19 @@ impl<'a> OutgoingPacket<'a> {
     }
 
     /// Payload bytes.
+    #[inline]
     pub fn payload_len(&self) -> usize {
         self.payload.iter().map(|p| p.len()).sum()
     }
 
     /// The packet's length in the ring without the trailer (padded to 8).
+    #[inline]
     pub fn padded_len(&self) -> usize {
         (DESCRIPTOR_SIZE + self.extension.len() + self.payload_len()).next_multiple_of(8)
     }
 
     /// The bytes it occupies in the ring, trailer included.
+    #[inline]
     pub fn ring_bytes(&self) -> usize {
         self.padded_len() + TRAILER_SIZE
     }
@@ -510,6 +532,9 @@ pub struct RingSender<M: RingMemory> {
     /// since. The reader only ever frees space, so this is a lower bound and `stage` loads (and
     /// validates) the read index only when a packet does not fit in it.
     known_free: u32,
+    /// Where a small packet is put together before its one copy into the ring (kept here so it
+    /// need not be zeroed for every packet).
+    scratch: [u8; GATHER],
 }
 
 impl<M: RingMemory> RingSender<M> {
@@ -524,6 +549,7 @@ impl<M: RingMemory> RingSender<M> {
             cursor: w,
             pending_send_set: false,
             known_free: 0,
+            scratch: [0; GATHER],
         })
     }
 
@@ -582,6 +608,22 @@ impl<M: RingMemory> RingSender<M> {
             flags: packet.flags,
             transaction_id: packet.transaction_id,
         };
+        if total <= GATHER {
+            // A small packet: put together in the scratch buffer and copied into the ring at
+            // once.
+            let b = &mut self.scratch;
+            b[..DESCRIPTOR_SIZE].copy_from_slice(desc.as_bytes());
+            let mut at = DESCRIPTOR_SIZE;
+            for piece in core::iter::once(&packet.extension).chain(packet.payload) {
+                b[at..at + piece.len()].copy_from_slice(piece);
+                at += piece.len();
+            }
+            b[at..len].fill(0);
+            b[len..total].copy_from_slice(&trailer(start).to_le_bytes());
+            self.cursor = copy_in(&self.mem, self.size, start, &b[..total]);
+            self.known_free -= total as u32;
+            return Ok(());
+        }
         let mut out = Gather::new(&self.mem, self.size, start);
         out.put(desc.as_bytes());
         out.put(packet.extension);
@@ -664,6 +706,10 @@ impl PacketInfo {
     }
 }
 
+/// Bytes [`RingReceiver::try_read`] copies with the descriptor, so a packet up to this size is one
+/// read of the ring memory.
+const READ_AHEAD: usize = 128;
+
 /// The consumer side of a ring.
 #[derive(Debug)]
 pub struct RingReceiver<M: RingMemory> {
@@ -741,14 +787,20 @@ impl<M: RingMemory> RingReceiver<M> {
     }
 
     /// Reads the descriptor at the cursor (the caller made sure its bytes are available) and
-    /// checks it on its own: length and data offset at least 16, data offset within the packet.
+    /// checks it on its own.
     fn descriptor(&self) -> Result<PacketDescriptor, RingError> {
+        let mut d = [0u8; DESCRIPTOR_SIZE];
+        copy_out(&self.mem, self.size, self.cursor, &mut d);
+        self.check_descriptor(&d)
+    }
+
+    /// Parses the descriptor bytes of the packet at the cursor: length and data offset at least
+    /// 16, data offset within the packet.
+    fn check_descriptor(&self, d: &[u8]) -> Result<PacketDescriptor, RingError> {
         let corrupt = RingError::CorruptPacket {
             offset: self.cursor,
         };
-        let mut d = [0u8; DESCRIPTOR_SIZE];
-        copy_out(&self.mem, self.size, self.cursor, &mut d);
-        let desc = PacketDescriptor::read_from_bytes(&d).map_err(|_| corrupt)?;
+        let desc = PacketDescriptor::read_from_bytes(d).map_err(|_| corrupt)?;
         let (len, off) = (desc.len(), desc.data_offset());
         if len < DESCRIPTOR_SIZE || off < DESCRIPTOR_SIZE || off > len {
             return Err(corrupt);
@@ -759,6 +811,10 @@ impl<M: RingMemory> RingReceiver<M> {
     /// Copies the next packet (descriptor through padding) into `buf` and moves the read cursor
     /// past it and its trailer, without publishing the read index ([`Self::commit`] does). `None`
     /// when the ring is empty. On [`RingError::BufferTooSmall`] nothing is consumed.
+    ///
+    /// The descriptor is read together with up to 128 bytes after it (never past the published
+    /// write index nor the end of `buf`), so a small packet is one copy out of the ring; bytes of
+    /// `buf` after the packet may therefore be overwritten, also when an error is returned.
     pub fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<PacketInfo>, RingError> {
         // The same checks as `peek`, but the write index is loaded only when the bytes known to
         // be available do not cover the descriptor, then the whole packet.
@@ -776,7 +832,14 @@ impl<M: RingMemory> RingReceiver<M> {
                 return Err(corrupt);
             }
         }
-        let descriptor = self.descriptor()?;
+        // Read ahead: the descriptor and what follows it, within the published bytes.
+        let ahead = (avail - TRAILER_SIZE).min(buf.len()).min(READ_AHEAD);
+        let descriptor = if ahead >= DESCRIPTOR_SIZE {
+            copy_out(&self.mem, self.size, self.cursor, &mut buf[..ahead]);
+            self.check_descriptor(&buf[..DESCRIPTOR_SIZE])?
+        } else {
+            self.descriptor()?
+        };
         let len = descriptor.len();
         if len + TRAILER_SIZE > avail {
             avail = self.available()?;
@@ -788,17 +851,20 @@ impl<M: RingMemory> RingReceiver<M> {
         let Some(dst) = buf.get_mut(..len) else {
             return Err(RingError::BufferTooSmall { needed: len });
         };
-        // The descriptor was read once already: copy it, and only the rest from the ring.
-        let (head, rest) = dst.split_at_mut(DESCRIPTOR_SIZE);
-        head.copy_from_slice(descriptor.as_bytes());
-        let size = self.size as usize;
+        // Copy only what the read-ahead did not (the descriptor is never read twice).
+        let done = if ahead >= DESCRIPTOR_SIZE {
+            ahead.min(len)
+        } else {
+            dst[..DESCRIPTOR_SIZE].copy_from_slice(descriptor.as_bytes());
+            DESCRIPTOR_SIZE
+        };
         copy_out(
             &self.mem,
             self.size,
-            ((self.cursor as usize + DESCRIPTOR_SIZE) % size) as u32,
-            rest,
+            advance(self.cursor, done, self.size),
+            &mut dst[done..],
         );
-        self.cursor = ((self.cursor as usize + len + TRAILER_SIZE) % size) as u32;
+        self.cursor = advance(self.cursor, len + TRAILER_SIZE, self.size);
         self.known_avail -= (len + TRAILER_SIZE) as u32;
         Ok(Some(PacketInfo { descriptor, len }))
     }

@@ -1,26 +1,42 @@
 //! The host's side of a channel's rings: `vmbus_guest`'s ring over the guest
 //! pages a GPADL names (fact sheet §6.1, §6.2).
 //!
-//! The GPADL's pages were checked to be guest RAM when it was created, and
-//! the ring code only asks for offsets inside the ring, so every access here
-//! lands in guest RAM; an access vm-memory still refuses reads as zeros (a
-//! corrupt ring, reported by the ring's own checks) rather than panicking.
+//! The GPADL's pages were checked to be guest RAM when it was created; here
+//! each page is resolved once, at construction, to its vm-memory region and
+//! the offset in it, so an access is a bounds-checked slice of that region
+//! (no search of the guest's regions per access). The ring code only asks for
+//! offsets inside the ring, so every access lands in the ring's own pages; a
+//! page that is not wholly inside one region of guest RAM reads as zeros and
+//! ignores writes (a corrupt ring, reported by the ring's own checks) rather
+//! than panicking.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 use vmbus_guest::ring::{RingError, RingMemory, RingReceiver, RingSender};
 
 use super::gpadl::PAGE_SIZE;
 
 const PAGE: usize = PAGE_SIZE as usize;
 
+/// Where one ring page lives: the index of its region in the (immutable)
+/// `GuestMemoryMmap` and its offset in that region.
+#[derive(Debug, Clone, Copy)]
+struct Resolved {
+    region: usize,
+    offset: u64,
+}
+
 /// One ring (control page + data pages) in guest memory.
 #[derive(Debug, Clone)]
 pub struct GuestRingMemory {
     mem: GuestMemoryMmap,
-    /// Page 0 is the control page.
-    pfns: Arc<[u64]>,
+    /// Page 0 is the control page. `None`: not wholly inside one region of
+    /// guest RAM.
+    pages: Arc<[Option<Resolved>]>,
 }
 
 impl GuestRingMemory {
@@ -31,31 +47,48 @@ impl GuestRingMemory {
                 len: pfns.len().saturating_mul(PAGE),
             });
         }
-        Ok(Self {
-            mem,
-            pfns: pfns.into(),
-        })
+        let pages = pfns.iter().map(|&pfn| resolve(&mem, pfn)).collect();
+        Ok(Self { mem, pages })
     }
 
-    fn gpa(&self, offset: usize) -> Option<GuestAddress> {
-        let pfn = *self.pfns.get(offset / PAGE)?;
-        Some(GuestAddress(pfn * PAGE_SIZE + (offset % PAGE) as u64))
+    /// `f` on the bytes `offset..offset + len` of the ring, which the caller
+    /// keeps within one page; `None` if that page is not guest RAM.
+    fn with_slice<T>(
+        &self,
+        offset: usize,
+        len: usize,
+        f: impl FnOnce(vm_memory::VolatileSlice<'_, ()>) -> T,
+    ) -> Option<T> {
+        let page = (*self.pages.get(offset / PAGE)?)?;
+        // The collection is never modified (we own this clone), so the
+        // index found at construction still names the same region.
+        let region = self.mem.iter().nth(page.region)?;
+        let at = MemoryRegionAddress(page.offset + (offset % PAGE) as u64);
+        region.get_slice(at, len).ok().map(f)
     }
+}
+
+/// The region index and in-region offset of guest page `pfn`, if the whole
+/// page lies in one region.
+fn resolve(mem: &GuestMemoryMmap, pfn: u64) -> Option<Resolved> {
+    let gpa = GuestAddress(pfn.checked_mul(PAGE_SIZE)?);
+    let (region, offset) = mem.iter().enumerate().find_map(|(i, r)| {
+        let off = gpa.checked_offset_from(r.start_addr())?;
+        (off.checked_add(PAGE_SIZE)? <= r.len()).then_some((i, off))
+    })?;
+    Some(Resolved { region, offset })
 }
 
 impl RingMemory for GuestRingMemory {
     fn len(&self) -> usize {
-        self.pfns.len() * PAGE
+        self.pages.len() * PAGE
     }
 
     fn read(&self, mut offset: usize, mut buf: &mut [u8]) {
         while !buf.is_empty() {
             let n = (PAGE - offset % PAGE).min(buf.len());
             let (now, rest) = buf.split_at_mut(n);
-            let ok = self
-                .gpa(offset)
-                .is_some_and(|g| self.mem.read_slice(now, g).is_ok());
-            if !ok {
+            if self.with_slice(offset, n, |s| s.copy_to(now)) != Some(n) {
                 now.fill(0);
             }
             buf = rest;
@@ -66,28 +99,26 @@ impl RingMemory for GuestRingMemory {
     fn write(&self, mut offset: usize, mut data: &[u8]) {
         while !data.is_empty() {
             let n = (PAGE - offset % PAGE).min(data.len());
-            if let Some(g) = self.gpa(offset) {
-                if self.mem.write_slice(&data[..n], g).is_err() {
-                    tracing::warn!(gpa = g.0, "VMBus ring write outside guest RAM dropped");
-                }
+            let (now, rest) = data.split_at(n);
+            if self.with_slice(offset, n, |s| s.copy_from(now)).is_none() {
+                tracing::warn!(offset, "VMBus ring write outside guest RAM dropped");
             }
-            data = &data[n..];
+            data = rest;
             offset += n;
         }
     }
 
     fn load_u32(&self, offset: usize) -> u32 {
-        self.gpa(offset)
-            .and_then(|g| self.mem.load::<u32>(g, Ordering::Acquire).ok())
+        self.with_slice(offset, 4, |s| s.load::<u32>(0, Ordering::Acquire).ok())
+            .flatten()
             .unwrap_or(0)
     }
 
     fn store_u32(&self, offset: usize, value: u32) {
         // A 4-byte atomic store: never touches the peer's neighbouring field.
-        if let Some(g) = self.gpa(offset) {
-            if self.mem.store(value, g, Ordering::Release).is_err() {
-                tracing::warn!(gpa = g.0, "VMBus ring control store dropped");
-            }
+        let stored = self.with_slice(offset, 4, |s| s.store(value, 0, Ordering::Release).is_ok());
+        if stored != Some(true) {
+            tracing::warn!(offset, "VMBus ring control store dropped");
         }
     }
 }

@@ -389,3 +389,247 @@ fn explicit_wraparound() {
     assert_eq!(p.transaction_id(), 5);
     assert_eq!(p.payload(), &payload[..]);
 }
+
+/// The bytes a packet must occupy in the ring (fact sheet §6.3): descriptor, extension, payload,
+/// zero padding to 8, trailer.
+fn expected_bytes(pkt: &OutgoingPacket<'_>, start: u32) -> Vec<u8> {
+    let len = pkt.padded_len();
+    let desc = PacketDescriptor {
+        packet_type: pkt.packet_type,
+        data_offset8: ((DESCRIPTOR_SIZE + pkt.extension.len()) / 8) as u16,
+        len8: (len / 8) as u16,
+        flags: pkt.flags,
+        transaction_id: pkt.transaction_id,
+    };
+    let mut v = desc.as_bytes().to_vec();
+    v.extend_from_slice(pkt.extension);
+    for part in pkt.payload {
+        v.extend_from_slice(part);
+    }
+    v.resize(len, 0);
+    v.extend_from_slice(&trailer(start).to_le_bytes());
+    v
+}
+
+// Small packets are put together in a scratch buffer, larger ones written piece by piece: both
+// must give exactly the framing of §6.3, with zero padding over stale ring bytes, also across the
+// wrap and around the size where one path turns into the other.
+#[test]
+fn framing_of_every_size_and_split() {
+    let pages = Pages::new(2);
+    let refs = pages.refs();
+    let mem = PageRefRing::new(&refs).unwrap();
+    let ext = [0xEEu8; 16];
+    let data: Vec<u8> = (0..700u32).map(|i| (i * 7 + 1) as u8).collect();
+    for ext_len in [0usize, 8, 16] {
+        for total_payload in (0..300).chain([500, 700]) {
+            for split in [0usize, 1, total_payload / 2, total_payload] {
+                let split = split.min(total_payload);
+                mem.write(CONTROL_SIZE, &[0xFF; 4096]);
+                init_control(&mem).unwrap();
+                // Start near the end so many packets wrap.
+                let start = (4096 - 8 * (1 + total_payload % 37)) as u32;
+                mem.store_u32(control::WRITE_INDEX, start);
+                mem.store_u32(control::READ_INDEX, start);
+                let mut tx = RingSender::new(&mem).unwrap();
+                let parts = [&data[..split], &data[split..total_payload]];
+                let pkt = OutgoingPacket {
+                    packet_type: PacketType::DATA_INBAND,
+                    flags: PacketFlags::new(),
+                    transaction_id: total_payload as u64,
+                    extension: &ext[..ext_len],
+                    payload: &parts,
+                };
+                tx.stage(&pkt).unwrap();
+                let want = expected_bytes(&pkt, start);
+                let mut got = vec![0u8; want.len()];
+                copy_out(&mem, 4096, start, &mut got);
+                assert_eq!(
+                    got, want,
+                    "ext {ext_len}, payload {total_payload}, split {split}"
+                );
+                let _ = tx.commit().unwrap();
+                assert_eq!(
+                    mem.load_u32(control::WRITE_INDEX) as usize,
+                    (start as usize + want.len()) % 4096
+                );
+            }
+        }
+    }
+}
+
+// The receiver reads ahead with the descriptor: every packet size around the read-ahead size,
+// every buffer size around the packet size, wrapped or not. Contents are exact, a short buffer
+// consumes nothing, and the cursor lands on the next packet.
+#[test]
+fn read_ahead_every_size_and_buffer() {
+    let pages = Pages::new(2);
+    let refs = pages.refs();
+    let mem = PageRefRing::new(&refs).unwrap();
+    init_control(&mem).unwrap();
+    let mut tx = RingSender::new(&mem).unwrap();
+    let mut rx = RingReceiver::new(&mem).unwrap();
+    let data: Vec<u8> = (0..400u32).map(|i| (i * 13 + 5) as u8).collect();
+    let mut id = 0u64;
+    for payload in (0usize..200).chain([300, 400]) {
+        let len = (16 + payload).next_multiple_of(8);
+        for buf_len in [0, 8, 15, 16, len - 1, len, len + 1, len + 200] {
+            id += 1;
+            let parts = [&data[..payload]];
+            let _ = tx
+                .try_write(&OutgoingPacket::inband(id, false, &parts))
+                .unwrap();
+            // A second packet right behind, so read-ahead has more published bytes to see.
+            let _ = tx.try_write(&OutgoingPacket::completion(!id, &[])).unwrap();
+            let mut buf = vec![0u8; buf_len];
+            if buf_len < len {
+                assert_eq!(
+                    rx.try_read(&mut buf),
+                    Err(RingError::BufferTooSmall { needed: len })
+                );
+                buf = vec![0u8; len];
+            }
+            let info = rx.try_read(&mut buf).unwrap().unwrap();
+            assert_eq!(info.len, len);
+            let view = info.view(&buf).unwrap();
+            assert_eq!(view.transaction_id(), id);
+            assert_eq!(&view.payload()[..payload], &data[..payload]);
+            assert!(view.payload()[payload..].iter().all(|&b| b == 0));
+            let mut small = [0u8; 16];
+            let info = rx.try_read(&mut small).unwrap().unwrap();
+            assert_eq!(info.descriptor.transaction_id, !id);
+            assert_eq!(info.descriptor.packet_type, PacketType::COMPLETION);
+            assert_eq!(rx.try_read(&mut small).unwrap(), None);
+            let _ = rx.commit().unwrap();
+        }
+    }
+}
+
+// The producer remembers the free space and the consumer the unread bytes from their last load
+// of the peer's index. A stale value only ever makes them reload; a corrupt index is still an
+// error the moment it is loaded, and the public queries always load it.
+#[test]
+fn cached_peer_indices_against_a_hostile_peer() {
+    let pages = Pages::new(2);
+    let refs = pages.refs();
+    let mem = PageRefRing::new(&refs).unwrap();
+    init_control(&mem).unwrap();
+    let mut tx = RingSender::new(&mem).unwrap();
+    let mut rx = RingReceiver::new(&mem).unwrap();
+    let mut buf = [0u8; 4096];
+    let payload = [3u8; 1000]; // 1024 ring bytes each: three fit in 4096.
+
+    // Producer: the first stage loads the read index (free 4096), the second and third use the
+    // remembered space, the fourth must reload and finds a corrupt index.
+    tx.stage(&OutgoingPacket::inband(1, false, &[&payload]))
+        .unwrap();
+    mem.store_u32(control::READ_INDEX, 4097);
+    assert!(matches!(
+        tx.free(),
+        Err(RingError::CorruptIndex {
+            index: Index::Read,
+            value: 4097
+        })
+    ));
+    tx.stage(&OutgoingPacket::inband(2, false, &[&payload]))
+        .unwrap();
+    tx.stage(&OutgoingPacket::inband(3, false, &[&payload]))
+        .unwrap();
+    assert_eq!(
+        tx.stage(&OutgoingPacket::inband(4, false, &[&payload])),
+        Err(RingError::CorruptIndex {
+            index: Index::Read,
+            value: 4097
+        })
+    );
+    mem.store_u32(control::READ_INDEX, 0);
+    let _ = tx.commit().unwrap();
+    // Exactly full for a 1024-byte packet now (8 bytes always stay free).
+    assert_eq!(
+        tx.stage(&OutgoingPacket::inband(4, false, &[&payload])),
+        Err(RingError::NotEnoughSpace {
+            needed: 1024,
+            free: 1024
+        })
+    );
+
+    // Consumer: the first read loads the write index (3 packets), then a corrupt write index
+    // is not seen while the remembered bytes last, but available() reports it at once and the
+    // read after the remembered bytes fails.
+    assert_eq!(
+        rx.try_read(&mut buf)
+            .unwrap()
+            .unwrap()
+            .descriptor
+            .transaction_id,
+        1
+    );
+    mem.store_u32(control::WRITE_INDEX, 12);
+    assert!(matches!(
+        rx.available(),
+        Err(RingError::CorruptIndex {
+            index: Index::Write,
+            value: 12
+        })
+    ));
+    assert!(rx.end_read().is_err());
+    assert_eq!(
+        rx.try_read(&mut buf)
+            .unwrap()
+            .unwrap()
+            .descriptor
+            .transaction_id,
+        2
+    );
+    assert_eq!(
+        rx.try_read(&mut buf)
+            .unwrap()
+            .unwrap()
+            .descriptor
+            .transaction_id,
+        3
+    );
+    assert_eq!(
+        rx.try_read(&mut buf),
+        Err(RingError::CorruptIndex {
+            index: Index::Write,
+            value: 12
+        })
+    );
+    mem.store_u32(control::WRITE_INDEX, 3072);
+    assert_eq!(rx.try_read(&mut buf), Ok(None));
+    let _ = rx.commit().unwrap();
+
+    // A write index pointing into the middle of a packet: the descriptor is visible, the rest
+    // is not, so the packet is corrupt; once the index covers it, the remembered (short) count
+    // makes the reader reload instead of failing.
+    let _ = tx
+        .try_write(&OutgoingPacket::inband(5, false, &[&payload[..100]]))
+        .unwrap();
+    let end = mem.load_u32(control::WRITE_INDEX);
+    mem.store_u32(control::WRITE_INDEX, 3072 + 24);
+    assert_eq!(
+        rx.try_read(&mut buf),
+        Err(RingError::CorruptPacket { offset: 3072 })
+    );
+    mem.store_u32(control::WRITE_INDEX, end);
+    let info = rx.try_read(&mut buf).unwrap().unwrap();
+    assert_eq!((info.descriptor.transaction_id, info.len), (5, 120));
+    assert_eq!(rx.try_read(&mut buf), Ok(None));
+
+    // A peer that moves the write index backwards past remembered data: reads stay inside the
+    // ring and return errors or packets, never panic.
+    for (w, r) in [(0u32, 8u32), (4088, 0), (8, 4088)] {
+        let _ = tx.try_write(&OutgoingPacket::inband(6, false, &[&payload[..40]]));
+        mem.store_u32(control::WRITE_INDEX, w);
+        mem.store_u32(control::READ_INDEX, r);
+        for _ in 0..4 {
+            if let Ok(Some(info)) = rx.try_read(&mut buf) {
+                assert!(info.len <= buf.len());
+            }
+            let _ = tx.stage(&OutgoingPacket::inband(7, false, &[&payload[..40]]));
+        }
+        let _ = rx.commit();
+        let _ = tx.commit();
+    }
+}
