@@ -5,8 +5,12 @@
 
 pub mod hypercall;
 pub mod ring;
+pub mod storage;
 
 pub use hypercall::{
     hypercall_round_trip, BenchError, HypercallBenchConfig, HypercallBenchReport, Side,
 };
 pub use ring::{ring_throughput, RingBenchConfig, RingBenchError, RingBenchReport};
+pub use storage::{
+    storage_throughput, Budget, StorageBenchConfig, StorageBenchError, StorageBenchReport,
+};
