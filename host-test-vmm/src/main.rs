@@ -38,10 +38,11 @@ enum Cmd {
     },
     /// Build (if needed) and boot the bundled test guest (tests/guest).
     Demo {
-        /// Attach two generated disks (LUN 0: 8 MiB read-write, LUN 1: 1 MiB read-only, every
-        /// block tagged "HVKITDSK" + LUN + LBA) unless --disk is given.
+        /// Do not attach the two generated disks (LUN 0: 8 MiB read-write, LUN 1: 1 MiB
+        /// read-only, every block tagged "HVKITDSK" + LUN + LBA) that the guest's storage checks
+        /// read; they are attached by default unless --disk is given.
         #[arg(long)]
-        demo_disks: bool,
+        no_demo_disks: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -88,28 +89,6 @@ enum BenchCmd {
         /// Where to write the JSON result.
         #[arg(long, default_value = "target/bench/ring.json")]
         json: PathBuf,
-    },
-    /// Storage reads (4 KiB random, 1 MiB sequential) through the whole stack (storvsc, VMBus,
-    /// storvsp, file) vs pread on the same file, at queue depths 1, 8, 32, 64.
-    Storage {
-        /// Size of the temporary backing file (multiple of 1 MiB; K/M/G suffix).
-        #[arg(long, default_value = "64M", value_parser = vmm::parse_memory_size)]
-        size: u64,
-        /// Seconds per point and side (default 0.5).
-        #[arg(long, conflicts_with = "ios")]
-        seconds_per_point: Option<f64>,
-        /// I/Os per point and side instead of a time budget.
-        #[arg(long)]
-        ios: Option<u64>,
-        /// Rounds (each runs every point on both sides, alternating order; medians count).
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
-        /// Where to write the JSON result.
-        #[arg(long, default_value = "target/bench/storage.json")]
-        json: PathBuf,
-        /// Where to write the SVG plot (stack / direct ratio vs queue depth).
-        #[arg(long, default_value = "target/bench/storage.svg")]
-        svg: PathBuf,
     },
 }
 
@@ -196,39 +175,9 @@ fn bench_ring(
     Ok(())
 }
 
-fn bench_storage(
-    size: u64,
-    seconds_per_point: Option<f64>,
-    ios: Option<u64>,
-    rounds: u32,
-    json: &Path,
-    svg: &Path,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let budget = match (ios, seconds_per_point) {
-        (Some(n), _) => bench::Budget::Ios(n),
-        (None, s) => bench::Budget::Seconds(s.unwrap_or(0.5)),
-    };
-    let report = bench::storage_throughput(&bench::StorageBenchConfig {
-        size,
-        budget,
-        rounds,
-        ..bench::StorageBenchConfig::default()
-    })?;
-    print!("{}", report.to_table());
-    for (path, text) in [
-        (json, serde_json::to_string_pretty(&report)? + "\n"),
-        (svg, report.to_svg()),
-    ] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(path, text)?;
-    }
-    println!("JSON: {}, SVG: {}", json.display(), svg.display());
-    Ok(())
-}
-
-fn run(kernel: &Path, c: Common) -> Result<bool, Box<dyn std::error::Error>> {
+/// Boots `kernel`; `exercise`: the host ICs run their exercise script (the
+/// test guest only, see `IcConfig::exercise`).
+fn run(kernel: &Path, c: Common, exercise: bool) -> Result<bool, Box<dyn std::error::Error>> {
     let mut cfg = VmConfig::from_file(kernel)?;
     cfg.cpus = c.cpus;
     cfg.memory = c.memory;
@@ -258,8 +207,8 @@ fn run(kernel: &Path, c: Common) -> Result<bool, Box<dyn std::error::Error>> {
                 .map_err(|e| VmmError::Hv(format!("storage: {e}")))?,
         )
     };
-    if trace.is_some() || storage.is_some() {
-        cfg.hv = hv_glue::hyperv_with_vmbus_storage(HvFeatures::default(), trace, storage);
+    if trace.is_some() || storage.is_some() || exercise {
+        cfg.hv = hv_glue::hyperv_with_vmbus_ics(HvFeatures::default(), trace, storage, exercise);
     }
     let out = match &c.api_socket {
         Some(socket) => api::run_with_api(cfg, socket)?,
@@ -272,18 +221,17 @@ fn run(kernel: &Path, c: Common) -> Result<bool, Box<dyn std::error::Error>> {
     Ok(out.passed())
 }
 
-/// `demo`: with `--demo-disks` and no `--disk`, the two generated disks of
-/// `host_test_vmm::storage::demo` (LUN 0 read-write, LUN 1 read-only); they
-/// are deleted after the run. (Not the default yet: the test guest's VMBus
-/// client holds 8 channels, and echo + the 6 ICs + storage fill them, which
-/// leaves no room for its hot-add check.)
+/// `demo`: the test guest with the host ICs' exercise script and, unless
+/// `--no-demo-disks` or `--disk`, the two generated disks of
+/// `host_test_vmm::storage::demo` (LUN 0 read-write, LUN 1 read-only) for its
+/// storage checks; they are deleted after the run.
 fn demo(elf: &Path, demo_disks: bool, mut c: Common) -> Result<bool, Box<dyn std::error::Error>> {
     if !demo_disks || !c.disks.is_empty() {
-        return run(elf, c);
+        return run(elf, c, true);
     }
     let (dir, specs) = host_test_vmm::storage::demo::create_demo_disks(&std::env::temp_dir())?;
     c.disks = specs;
-    let r = run(elf, c);
+    let r = run(elf, c, true);
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         eprintln!("host-test-vmm: cannot remove {}: {e}", dir.display());
     }
@@ -319,10 +267,13 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Cmd::Run { kernel, common } => run(&kernel, common),
-        Cmd::Demo { demo_disks, common } => vmm::guest_build::build_test_guest()
+        Cmd::Run { kernel, common } => run(&kernel, common, false),
+        Cmd::Demo {
+            no_demo_disks,
+            common,
+        } => vmm::guest_build::build_test_guest()
             .map_err(Into::into)
-            .and_then(|elf| demo(&elf, demo_disks, common)),
+            .and_then(|elf| demo(&elf, !no_demo_disks, common)),
         Cmd::Bench {
             which:
                 BenchCmd::Hypercall {
@@ -349,25 +300,6 @@ fn main() -> ExitCode {
                 },
         } => {
             return match bench_ring(packets, rounds, batch, &json) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("host-test-vmm bench: {e}");
-                    ExitCode::from(2)
-                }
-            };
-        }
-        Cmd::Bench {
-            which:
-                BenchCmd::Storage {
-                    size,
-                    seconds_per_point,
-                    ios,
-                    rounds,
-                    json,
-                    svg,
-                },
-        } => {
-            return match bench_storage(size, seconds_per_point, ios, rounds, &json, &svg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("host-test-vmm bench: {e}");

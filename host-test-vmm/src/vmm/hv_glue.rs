@@ -326,6 +326,19 @@ pub fn hyperv_with_vmbus_storage(
     trace: Option<Arc<TraceWriter>>,
     storage: Option<Arc<StorageController>>,
 ) -> HvFactory {
+    hyperv_with_vmbus_ics(features, trace, storage, false)
+}
+
+/// [`hyperv_with_vmbus_storage`], with the host ICs' exercise script
+/// (`IcConfig::exercise`) on when `exercise` is set: only for the bare-metal
+/// test guest (`demo`), which answers it and ends its run on the power-off
+/// request.
+pub fn hyperv_with_vmbus_ics(
+    features: hv::HvFeatures,
+    trace: Option<Arc<TraceWriter>>,
+    storage: Option<Arc<StorageController>>,
+    exercise: bool,
+) -> HvFactory {
     Arc::new(move |ctx: HvContext| {
         let cfg = hv::HvConfig {
             vp_count: ctx.vp_count,
@@ -355,6 +368,7 @@ pub fn hyperv_with_vmbus_storage(
             clock.upgrade().map_or(0, |h| h.reference_time())
         }));
         ic_cfg.trace = trace.clone();
+        ic_cfg.exercise = exercise;
         let ics = HostIcs::new(ic_cfg)
             .map_err(|e| VmmError::Hv(format!("integration components: {e}")))?;
         ics.register(&vmbus)

@@ -12,10 +12,12 @@ mod port;
 mod report;
 mod apic;
 mod checks;
+mod ic;
 mod idt;
 mod irq;
 mod pages;
 mod platform;
+mod storage;
 mod vmbus;
 
 use core::arch::global_asm;

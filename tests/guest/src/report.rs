@@ -1,10 +1,10 @@
 //! The report lines the VMM parses: `hvkit-check: <name> <ok|fail> <detail>`.
 
 use core::fmt;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Every check the guest reports, in run order (the names the VMM expects).
-pub const ALL_CHECKS: [&str; 19] = [
+pub const ALL_CHECKS: [&str; 33] = [
     "cpuid-detect",
     "guest-os-id",
     "hypercall-page",
@@ -24,17 +24,31 @@ pub const ALL_CHECKS: [&str; 19] = [
     "vmbus-ring-wrap",
     "vmbus-close",
     "vmbus-rescind",
+    "storage-init",
+    "storage-inquiry",
+    "storage-capacity",
+    "storage-rw-verify",
+    "storage-flush",
+    "storage-unmap",
+    "storage-readonly",
+    "storage-qd32",
+    "ic-heartbeat",
+    "ic-timesync",
+    "ic-kvp",
+    "ic-vss",
+    "ic-fcopy",
+    "ic-shutdown",
 ];
 
 static PASSED: AtomicU32 = AtomicU32::new(0);
 static FAILED: AtomicU32 = AtomicU32::new(0);
 /// Bit i set: `ALL_CHECKS[i]` has printed its line.
-static REPORTED: AtomicU32 = AtomicU32::new(0);
+static REPORTED: AtomicU64 = AtomicU64::new(0);
 
 /// Prints one check line and counts it.
 pub fn check(name: &str, ok: bool, detail: fmt::Arguments<'_>) {
     if let Some(i) = ALL_CHECKS.iter().position(|n| *n == name) {
-        REPORTED.fetch_or(1 << i, Ordering::Relaxed);
+        REPORTED.fetch_or(1u64 << i, Ordering::Relaxed);
     }
     if ok {
         PASSED.fetch_add(1, Ordering::Relaxed);
@@ -52,7 +66,7 @@ pub fn check(name: &str, ok: bool, detail: fmt::Arguments<'_>) {
 pub fn fail_unreported() {
     let reported = REPORTED.load(Ordering::Relaxed);
     for (i, name) in ALL_CHECKS.iter().enumerate() {
-        if reported & (1 << i) == 0 {
+        if reported & (1u64 << i) == 0 {
             check(
                 name,
                 false,

@@ -84,13 +84,14 @@ const FLOOD_SIZES: [usize; 2] = [2000, 1000];
 const FLOOD_PACKETS: usize = 24;
 const FLOOD_WINDOW: usize = 32;
 
-type Bus<'a, P> = VmBus<'a, P, 8, 8, 8>;
-type Ring<'p> = PageRefRing<'p, 'static>;
+/// 16 channels: echo, storage, the six ICs and the hot-added echo devices.
+pub(crate) type Bus<'a, P> = VmBus<'a, P, 16, 16, 16>;
+pub(crate) type Ring<'p> = PageRefRing<'p, 'static>;
 
 /// Channel interrupts taken (SIEF flags of SINT2), by relid (0: relid ≥ 64).
 static CHAN_IRQS: [AtomicU32; 64] = [const { AtomicU32::new(0) }; 64];
 
-fn chan_irqs(relid: u32) -> u32 {
+pub(crate) fn chan_irqs(relid: u32) -> u32 {
     CHAN_IRQS
         .get(relid as usize)
         .map_or(0, |c| c.load(Ordering::Acquire))
@@ -153,7 +154,7 @@ impl Log {
 }
 
 /// The bus and the log, shared between the checks and SINT2's handler.
-struct Shared<'a, P: Platform> {
+pub(crate) struct Shared<'a, P: Platform> {
     bus: RefCell<Bus<'a, P>>,
     log: RefCell<Log>,
 }
@@ -188,7 +189,7 @@ impl<'a, P: Platform> Shared<'a, P> {
         }
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut Bus<'a, P>) -> R) -> R {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Bus<'a, P>) -> R) -> R {
         irq::without_interrupts(|| f(&mut self.bus.borrow_mut()))
     }
 
@@ -197,7 +198,7 @@ impl<'a, P: Platform> Shared<'a, P> {
     /// answer. Events raised while posting (a refused connection id) come
     /// with no interrupt: the interrupt routine's work is run at once then.
     /// Returns the request's token, the answering event and what it means.
-    fn request<T>(
+    pub(crate) fn request<T>(
         &self,
         what: &'static str,
         begin: impl FnOnce(&mut Bus<'a, P>) -> Result<T, DriverError>,
@@ -223,12 +224,12 @@ impl<'a, P: Platform> Shared<'a, P> {
         }
     }
 
-    fn client<R>(&self, f: impl FnOnce(&Client<8, 8, 8>) -> R) -> R {
+    pub(crate) fn client<R>(&self, f: impl FnOnce(&Client<16, 16, 16>) -> R) -> R {
         self.with(|b| f(b.client()))
     }
 
     /// The log position: events logged from now on are at or after it.
-    fn mark(&self) -> usize {
+    pub(crate) fn mark(&self) -> usize {
         irq::without_interrupts(|| self.log.borrow().n)
     }
 
@@ -245,7 +246,11 @@ impl<'a, P: Platform> Shared<'a, P> {
     }
 
     /// Waits (interrupt-driven, bounded) for an event from `mark` on.
-    fn wait_event(&self, mark: usize, pred: impl Fn(&Event) -> bool) -> Option<(usize, Event)> {
+    pub(crate) fn wait_event(
+        &self,
+        mark: usize,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Option<(usize, Event)> {
         let mut found = None;
         irq::wait_until(PROMPT_TICKS, || {
             found = self.log.borrow().find(mark, &pred);
@@ -271,7 +276,7 @@ impl<'a, P: Platform> Shared<'a, P> {
 
 /// Why a step failed (for the check's detail).
 #[derive(Debug, Clone, Copy)]
-enum Failure {
+pub(crate) enum Failure {
     Driver(&'static str, DriverError),
     Timeout(&'static str),
     Status(&'static str, u32),
@@ -299,7 +304,7 @@ impl fmt::Display for Failure {
 
 /// What went wrong on the data path.
 #[derive(Debug, Clone, Copy)]
-enum EchoError {
+pub(crate) enum EchoError {
     Channel(ChannelError),
     Driver(DriverError),
     Timeout {
@@ -428,11 +433,11 @@ fn open_on<'p, P: Platform>(
 
 /// Creates the ring GPADL over `ring` and opens `relid` on it with interrupts
 /// to VP 0; returns the data path and the GPADL.
-fn open_channel<'p, P: Platform>(
+pub(crate) fn open_channel<'p, P: Platform, const N: usize>(
     sh: &Shared<'_, P>,
     relid: u32,
     ring: &'p [PageRef<'static>],
-) -> Result<(Channel<Ring<'p>>, u32), Failure> {
+) -> Result<(Channel<Ring<'p>, N>, u32), Failure> {
     let (gpadl, status) = create_gpadl(sh, relid, ring)?;
     if status != 0 {
         return Err(Failure::Status("ring GpadlCreated", status));
@@ -449,7 +454,7 @@ fn open_channel<'p, P: Platform>(
 }
 
 /// CloseChannel and the ring GPADL's teardown; waits for GpadlTorndown.
-fn close_channel<P: Platform>(sh: &Shared<'_, P>, relid: u32) -> Result<(), Failure> {
+pub(crate) fn close_channel<P: Platform>(sh: &Shared<'_, P>, relid: u32) -> Result<(), Failure> {
     let what = "GpadlTorndown of the ring";
     let (_, _, r) = sh.request(what, |b| b.begin_close_channel(relid), |p| *p)?;
     r.map_err(|e| Failure::Driver(what, e))
@@ -962,7 +967,13 @@ pub fn run<P: Platform>(hv: &Hypervisor<'_, P>, synic: &SynIc<'_, P>) {
         log: RefCell::new(Log::new()),
     };
     let isr = || sh.isr();
-    irq::with_sint_hook(VMBUS_SINT, &isr, || checks(&sh, bufs));
+    irq::with_sint_hook(VMBUS_SINT, &isr, || {
+        checks(&sh, bufs);
+        // The storage controller's and the ICs' checks share the connection;
+        // the shutdown IC's power-off request ends the run, so the ICs go last.
+        crate::storage::run(&sh);
+        crate::ic::run(&sh);
+    });
 }
 
 fn checks<P: Platform>(sh: &Shared<'_, P>, bufs: &mut Buffers) {
