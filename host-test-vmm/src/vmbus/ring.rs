@@ -160,7 +160,7 @@ impl HostRings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmbus_guest::ring::{control, init_control, OutgoingPacket};
+    use vmbus_guest::ring::{control, init_control, OutgoingPacket, CONTROL_SIZE};
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
@@ -197,6 +197,59 @@ mod tests {
             r.load_u32(control::READ_INDEX)
         );
         assert_ne!(r.load_u32(control::WRITE_INDEX), 0);
+    }
+
+    // Pages resolved once at construction: pages in two RAM regions work
+    // (a ring wrapping across both), a page outside RAM reads as zeros and
+    // drops writes, and nothing panics.
+    #[test]
+    fn pages_in_two_regions_and_outside_ram() {
+        let m = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10_0000),
+            (GuestAddress(0x20_0000), 0x10_0000),
+        ])
+        .unwrap();
+        // Control page in region 0, data pages alternating between regions.
+        let pfns = [0x10u64, 0x205, 0x11, 0x2FF, 0x0];
+        let r = GuestRingMemory::new(m.clone(), &pfns).unwrap();
+        init_control(&r).unwrap();
+        let mut tx = RingSender::new(r.clone()).unwrap();
+        let mut rx = RingReceiver::new(r.clone()).unwrap();
+        let mut buf = vec![0u8; 9000];
+        for i in 0..40u64 {
+            let payload: Vec<u8> = (0..(700 + i as usize * 97))
+                .map(|k| (k as u64 * 3 + i) as u8)
+                .collect();
+            let parts = [&payload[..]];
+            let _ = tx
+                .try_write(&OutgoingPacket::inband(i, false, &parts))
+                .unwrap();
+            let v = rx.try_read_packet(&mut buf).unwrap().unwrap();
+            assert_eq!(v.transaction_id(), i);
+            assert_eq!(&v.payload()[..payload.len()], &payload[..]);
+            let _ = rx.commit().unwrap();
+        }
+        // The bytes really are in the named guest pages.
+        let mut page = [0u8; 8];
+        m.read_slice(&mut page, GuestAddress(0x10 * PAGE_SIZE))
+            .unwrap();
+        assert_eq!(
+            u32::from_le_bytes(page[..4].try_into().unwrap()),
+            r.load_u32(control::WRITE_INDEX)
+        );
+
+        // 0x150 is in the hole between the regions; u64::MAX / 4096 overflows.
+        for bad in [0x150u64, u64::MAX / 4096, u64::MAX] {
+            let r = GuestRingMemory::new(m.clone(), &[0x12, bad]).unwrap();
+            r.write(CONTROL_SIZE, &[0xAB; 64]);
+            let mut back = [0x55u8; 64];
+            r.read(CONTROL_SIZE, &mut back);
+            assert_eq!(back, [0; 64]);
+        }
+        let r = GuestRingMemory::new(m, &[0x150, 0x12]).unwrap();
+        r.store_u32(control::WRITE_INDEX, 8);
+        assert_eq!(r.load_u32(control::WRITE_INDEX), 0);
+        assert!(RingSender::new(r).is_ok());
     }
 
     #[test]
