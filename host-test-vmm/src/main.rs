@@ -90,6 +90,28 @@ enum BenchCmd {
         #[arg(long, default_value = "target/bench/ring.json")]
         json: PathBuf,
     },
+    /// Storage reads (4 KiB random, 1 MiB sequential) through the whole stack (storvsc, VMBus,
+    /// storvsp, file) vs pread on the same file, at queue depths 1, 8, 32, 64.
+    Storage {
+        /// Size of the temporary backing file (multiple of 1 MiB; K/M/G suffix).
+        #[arg(long, default_value = "64M", value_parser = vmm::parse_memory_size)]
+        size: u64,
+        /// Seconds per point and side (default 0.5).
+        #[arg(long, conflicts_with = "ios")]
+        seconds_per_point: Option<f64>,
+        /// I/Os per point and side instead of a time budget.
+        #[arg(long)]
+        ios: Option<u64>,
+        /// Rounds (each runs every point on both sides, alternating order; medians count).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Where to write the JSON result.
+        #[arg(long, default_value = "target/bench/storage.json")]
+        json: PathBuf,
+        /// Where to write the SVG plot (stack / direct ratio vs queue depth).
+        #[arg(long, default_value = "target/bench/storage.svg")]
+        svg: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -172,6 +194,38 @@ fn bench_ring(
     }
     std::fs::write(json, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("JSON written to {}", json.display());
+    Ok(())
+}
+
+fn bench_storage(
+    size: u64,
+    seconds_per_point: Option<f64>,
+    ios: Option<u64>,
+    rounds: u32,
+    json: &Path,
+    svg: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let budget = match (ios, seconds_per_point) {
+        (Some(n), _) => bench::Budget::Ios(n),
+        (None, s) => bench::Budget::Seconds(s.unwrap_or(0.5)),
+    };
+    let report = bench::storage_throughput(&bench::StorageBenchConfig {
+        size,
+        budget,
+        rounds,
+        ..bench::StorageBenchConfig::default()
+    })?;
+    print!("{}", report.to_table());
+    for (path, text) in [
+        (json, serde_json::to_string_pretty(&report)? + "\n"),
+        (svg, report.to_svg()),
+    ] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    println!("JSON: {}, SVG: {}", json.display(), svg.display());
     Ok(())
 }
 
@@ -300,6 +354,25 @@ fn main() -> ExitCode {
                 },
         } => {
             return match bench_ring(packets, rounds, batch, &json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("host-test-vmm bench: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::Bench {
+            which:
+                BenchCmd::Storage {
+                    size,
+                    seconds_per_point,
+                    ios,
+                    rounds,
+                    json,
+                    svg,
+                },
+        } => {
+            return match bench_storage(size, seconds_per_point, ios, rounds, &json, &svg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("host-test-vmm bench: {e}");
