@@ -426,6 +426,9 @@ impl Offsets {
     }
 }
 
+/// Copies a whole buffer out (for the full comparison); false if it cannot.
+type ReadAll<'a> = &'a dyn Fn(&mut [u8]) -> bool;
+
 /// Checks the page tags of `len` bytes read from file offset `offset`
 /// (`read8(at)` gives the 8 bytes at byte `at` of the buffer), and with
 /// `full` compares every byte with the file.
@@ -434,7 +437,7 @@ fn check_data(
     offset: u64,
     len: usize,
     read8: impl Fn(usize) -> Option<[u8; 8]>,
-    full: Option<(&File, &dyn Fn(&mut [u8]) -> bool)>,
+    full: Option<(&File, ReadAll<'_>)>,
 ) -> Result<u64, StorageBenchError> {
     for at in (0..len).step_by(PAGE) {
         let want = page_tag((offset + at as u64) / PAGE as u64);
@@ -626,8 +629,7 @@ fn stack_point<M: RingMemory, S: HostSignal>(
                     let mut b = [0u8; 8];
                     buf.read(o, &mut b).then_some(b)
                 },
-                cfg.verify_all
-                    .then_some((file, &read_all as &dyn Fn(&mut [u8]) -> bool)),
+                cfg.verify_all.then_some((file, &read_all as ReadAll<'_>)),
             )?;
             ios[i].remaining -= 1;
             if ios[i].remaining == 0 {
@@ -703,8 +705,7 @@ fn direct_point(
                                     offset,
                                     len,
                                     |o| buf[o..o + 8].try_into().ok(),
-                                    cfg.verify_all
-                                        .then_some((file, &copy as &dyn Fn(&mut [u8]) -> bool)),
+                                    cfg.verify_all.then_some((file, &copy as ReadAll<'_>)),
                                 )
                             });
                         match r {
