@@ -241,7 +241,11 @@ fn fill(buf: &DmaBuf<'_, '_>, lba: u64, blocks: u32, f: impl Fn(u64, usize) -> u
 fn ok_or_fail(name: &str, r: Result<(), Error>, detail: fmt::Arguments<'_>) {
     match r {
         Ok(()) => crate::report::check(name, true, detail),
-        Err(e) => crate::report::check(name, false, format_args!("{e} | {detail}")),
+        Err(e) => crate::report::check(
+            name,
+            false,
+            format_args!("failed: {e} | what the check does: {detail}"),
+        ),
     }
 }
 
