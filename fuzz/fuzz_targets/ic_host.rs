@@ -17,46 +17,15 @@ use host_test_vmm::ic::{
     ShutdownRequest, TimeSyncMode,
 };
 use host_test_vmm::vmbus::TraceWriter;
-use ic_services::fcopy::{FileCopy as GuestFileCopy, FileSink};
-use ic_services::framing::Status;
+use ic_services::accept_all::AcceptAll as Yes;
+use ic_services::fcopy::FileCopy as GuestFileCopy;
 use ic_services::heartbeat::Heartbeat;
-use ic_services::kvp::{Kvp, KvpPool, StaticKvp, Utf16};
+use ic_services::kvp::{Kvp, KvpPool, StaticKvp};
 use ic_services::service::{Endpoint, IcService};
-use ic_services::shutdown::{Shutdown, ShutdownAction, ShutdownHandler};
-use ic_services::timesync::{ClockAdjust, TimeSample, TimeSync};
-use ic_services::vss::{Vss, VssHandler, VssOperation};
+use ic_services::shutdown::Shutdown;
+use ic_services::timesync::TimeSync;
+use ic_services::vss::{Vss, VssOperation};
 use libfuzzer_sys::fuzz_target;
-
-/// Agrees to everything, stores nothing.
-struct Yes;
-impl ShutdownHandler for Yes {
-    fn decide(&mut self, _: &ShutdownAction, _: &[u8]) -> bool {
-        true
-    }
-}
-impl ClockAdjust for Yes {
-    fn time_sample(&mut self, _: &TimeSample) {}
-}
-impl VssHandler for Yes {
-    fn freeze(&mut self) -> Result<(), Status> {
-        Ok(())
-    }
-    fn thaw(&mut self) -> Result<(), Status> {
-        Ok(())
-    }
-}
-impl FileSink for Yes {
-    fn start(&mut self, _: Utf16<'_>, _: Utf16<'_>, _: u32, _: u64) -> Result<(), Status> {
-        Ok(())
-    }
-    fn write(&mut self, _: u64, _: &[u8]) -> Result<(), Status> {
-        Ok(())
-    }
-    fn complete(&mut self) -> Result<(), Status> {
-        Ok(())
-    }
-    fn cancel(&mut self) {}
-}
 
 static AUTO: [(KvpPool, &str, &str); 3] = [
     (KvpPool::AUTO, "FullyQualifiedDomainName", "fuzz.example"),

@@ -52,6 +52,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod accept_all;
 pub mod driver;
 pub mod fcopy;
 pub mod framing;

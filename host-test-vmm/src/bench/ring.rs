@@ -474,8 +474,10 @@ where
         let mut buf = pattern.clone();
         let mut staged = 0;
         let mut seq = 0;
+        // The error mapper is built once: formatting it per commit would be
+        // measured as ring cost.
         let commit = |tx: &mut RingSender<S>, st: &mut RunStats| {
-            if tx.commit().map_err(ring_err("producer"))?.needed() {
+            if tx.commit().map_err(&err)?.needed() {
                 st.reader_signals += 1;
                 shared.reader_event.store(true, Ordering::Release);
             }

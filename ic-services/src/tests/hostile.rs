@@ -1,47 +1,19 @@
 //! Property tests: encoder/parser round trips, and hostile input (random bytes, random bodies
 //! behind valid headers) that must give an error or an error status, never a panic.
 use super::*;
-use crate::fcopy::{FileCopy, FileSink};
+use crate::fcopy::FileCopy;
 use crate::framing::{self, IcFlags, IcHeader, IcMessageType};
 use crate::heartbeat::Heartbeat;
 use crate::kvp::{Kvp, KvpData, KvpPool, KvpProvider, KvpRecordMut, StaticKvp, Utf16};
 use crate::negotiate;
-use crate::shutdown::{Shutdown, ShutdownAction, ShutdownHandler};
-use crate::timesync::{ClockAdjust, TimeSample, TimeSync};
-use crate::vss::{Vss, VssHandler};
+use crate::shutdown::{Shutdown, ShutdownAction};
+use crate::timesync::TimeSync;
+use crate::vss::Vss;
+use crate::accept_all::AcceptAll as Yes;
 use proptest::prelude::*;
 use std::string::String;
 use zerocopy::little_endian::U16;
 
-struct Yes;
-impl ShutdownHandler for Yes {
-    fn decide(&mut self, _: &ShutdownAction, _: &[u8]) -> bool {
-        true
-    }
-}
-impl ClockAdjust for Yes {
-    fn time_sample(&mut self, _: &TimeSample) {}
-}
-impl VssHandler for Yes {
-    fn freeze(&mut self) -> Result<(), Status> {
-        Ok(())
-    }
-    fn thaw(&mut self) -> Result<(), Status> {
-        Ok(())
-    }
-}
-impl FileSink for Yes {
-    fn start(&mut self, _: Utf16<'_>, _: Utf16<'_>, _: u32, _: u64) -> Result<(), Status> {
-        Ok(())
-    }
-    fn write(&mut self, _: u64, _: &[u8]) -> Result<(), Status> {
-        Ok(())
-    }
-    fn complete(&mut self) -> Result<(), Status> {
-        Ok(())
-    }
-    fn cancel(&mut self) {}
-}
 
 /// Records what SET delivers.
 #[derive(Default)]
