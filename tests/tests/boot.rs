@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use host_test_vmm::hv;
+use host_test_vmm::storage::{self, ControllerConfig, DiskSpec, StorageController};
 use host_test_vmm::vmbus::echo::{EchoVsp, ECHO_MAGIC};
 use host_test_vmm::vmbus::{ChannelHandle, SendError, VmbusOptions, VmbusServer, Vsp};
 use host_test_vmm::vmm::hv_glue::{self, CpuidEntry, HvContext, HvPort, HvRegs};
@@ -62,9 +63,39 @@ fn check<'a>(out: &'a RunOutcome, name: &str) -> &'a vmm::report::CheckResult {
         .unwrap_or_else(|| panic!("report has no check {name:?}:\n{}", out.serial))
 }
 
+/// What `host-test-vmm demo` boots: the generated disks on the SCSI
+/// controller and the host ICs' exercise script, so every check can run.
+/// The disk directory is removed when the returned guard drops.
+fn demo_setup() -> (HvFactory, DiskDir) {
+    demo_setup_with(true, |_| {})
+}
+
+/// [`demo_setup`] with the exercise script on or off and the disk specs
+/// adjusted by `tweak` (to break the storage side on purpose).
+fn demo_setup_with(exercise: bool, tweak: impl FnOnce(&mut Vec<DiskSpec>)) -> (HvFactory, DiskDir) {
+    let (dir, mut specs) = storage::demo::create_demo_disks(&std::env::temp_dir())
+        .unwrap_or_else(|e| panic!("creating the demo disks: {e}"));
+    tweak(&mut specs);
+    let controller = StorageController::with_disks(ControllerConfig::default(), &specs)
+        .unwrap_or_else(|e| panic!("opening the demo disks: {e}"));
+    let factory =
+        hv_glue::hyperv_with_vmbus_ics(hv::HvFeatures::default(), None, Some(controller), exercise);
+    (factory, DiskDir(dir))
+}
+
+/// Removes the generated disks.
+struct DiskDir(PathBuf);
+
+impl Drop for DiskDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn every_check_passes_on_one_vcpu() {
-    let out = boot(1, None);
+    let (factory, _disks) = demo_setup();
+    let out = boot(1, Some(factory));
     for name in EXPECTED_CHECKS {
         let c = check(&out, name);
         assert!(
@@ -83,7 +114,8 @@ fn every_check_passes_on_one_vcpu() {
 
 #[test]
 fn every_check_passes_on_two_vcpus() {
-    let out = boot(2, None);
+    let (factory, _disks) = demo_setup();
+    let out = boot(2, Some(factory));
     assert!(
         out.passed(),
         "run did not pass: {:?}\n{}",
@@ -416,6 +448,36 @@ fn check_vmbus_rescind_fails_when_the_device_never_rescinds() {
         c.detail
     );
     assert!(!out.passed());
+}
+
+#[test]
+fn check_storage_readonly_fails_when_the_readonly_disk_accepts_writes() {
+    let (factory, _disks) = demo_setup_with(true, |specs| {
+        for s in specs.iter_mut() {
+            s.readonly = false;
+        }
+    });
+    let out = boot(1, Some(factory));
+    // The guest notices before it writes: the capacity probe already sees a
+    // writable LUN 1, and the read-only check must not pass either way.
+    assert!(!check(&out, "storage-capacity").ok);
+    assert!(!check(&out, "storage-readonly").ok);
+    assert!(!out.passed());
+}
+
+#[test]
+fn checks_ic_kvp_vss_fcopy_shutdown_fail_without_the_host_exercise() {
+    let (factory, _disks) = demo_setup_with(false, |_| {});
+    let out = boot(1, Some(factory));
+    for name in ["ic-kvp", "ic-vss", "ic-fcopy", "ic-shutdown"] {
+        assert!(
+            !check(&out, name).ok,
+            "{name} passed without the host exercising it"
+        );
+    }
+    // Heartbeat and time sync come from the host whatever the script says.
+    assert!(check(&out, "ic-heartbeat").ok);
+    assert!(check(&out, "ic-timesync").ok);
 }
 
 /// Exit counts are stable on this machine even when times are not: one exit

@@ -33,6 +33,20 @@ pub const EXPECTED_CHECKS: &[&str] = &[
     "vmbus-ring-wrap",
     "vmbus-close",
     "vmbus-rescind",
+    "storage-init",
+    "storage-inquiry",
+    "storage-capacity",
+    "storage-rw-verify",
+    "storage-flush",
+    "storage-unmap",
+    "storage-readonly",
+    "storage-qd32",
+    "ic-heartbeat",
+    "ic-timesync",
+    "ic-kvp",
+    "ic-vss",
+    "ic-fcopy",
+    "ic-shutdown",
 ];
 
 /// One `hvkit-check:` line as the guest printed it.

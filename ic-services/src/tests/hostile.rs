@@ -1,6 +1,7 @@
 //! Property tests: encoder/parser round trips, and hostile input (random bytes, random bodies
 //! behind valid headers) that must give an error or an error status, never a panic.
 use super::*;
+use crate::accept_all::AcceptAll as Yes;
 use crate::fcopy::FileCopy;
 use crate::framing::{self, IcFlags, IcHeader, IcMessageType};
 use crate::heartbeat::Heartbeat;
@@ -9,11 +10,9 @@ use crate::negotiate;
 use crate::shutdown::{Shutdown, ShutdownAction};
 use crate::timesync::TimeSync;
 use crate::vss::Vss;
-use crate::accept_all::AcceptAll as Yes;
 use proptest::prelude::*;
 use std::string::String;
 use zerocopy::little_endian::U16;
-
 
 /// Records what SET delivers.
 #[derive(Default)]
