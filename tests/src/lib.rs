@@ -1,4 +1,68 @@
-//! hvkit integration tests: the bare-metal test guest booted on `host-test-vmm`
-//! over KVM (tests/boot.rs) and, as the VMBus and device issues land, guest
-//! crates driven against the in-process host. The test guest itself lives in
-//! `tests/guest` (its own crate: it only builds for `x86_64-unknown-none`).
+//! hvkit integration tests: the bare-metal test guest (`tests/guest`, its own
+//! crate because it only builds for `x86_64-unknown-none`) booted on
+//! `host-test-vmm` over KVM. `tests/boot.rs` asserts every report check and
+//! breaks the host one behaviour at a time to show each check failing;
+//! `tests/api.rs` drives the guest's integration services through the
+//! control API. This library holds what both need.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use host_test_vmm::hv;
+use host_test_vmm::storage::{self, ControllerConfig, DiskSpec, StorageController};
+use host_test_vmm::vmm::hv_glue;
+use host_test_vmm::vmm::{self, HvFactory};
+
+/// Fails (never skips) when KVM is not usable.
+pub fn require_kvm() {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    assert!(
+        ok,
+        "/dev/kvm is missing or not accessible: boot tests need KVM (run as a user who can open /dev/kvm)"
+    );
+}
+
+/// The test guest ELF, built once per test binary (in its own target dir).
+pub fn guest_elf() -> &'static PathBuf {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        vmm::guest_build::build_test_guest()
+            .unwrap_or_else(|e| panic!("building the test guest: {e}"))
+    })
+}
+
+/// What `host-test-vmm demo` boots: the generated disks on the SCSI
+/// controller and the host ICs' exercise script, so every check can run.
+/// The disk directory is removed when the returned guard drops.
+pub fn demo_setup() -> (HvFactory, DiskDir) {
+    demo_setup_with(true, |_| {})
+}
+
+/// [`demo_setup`] with the exercise script on or off and the disk specs
+/// adjusted by `tweak` (to break the storage side on purpose).
+pub fn demo_setup_with(
+    exercise: bool,
+    tweak: impl FnOnce(&mut Vec<DiskSpec>),
+) -> (HvFactory, DiskDir) {
+    let (dir, mut specs) = storage::demo::create_demo_disks(&std::env::temp_dir())
+        .unwrap_or_else(|e| panic!("creating the demo disks: {e}"));
+    tweak(&mut specs);
+    let controller = StorageController::with_disks(ControllerConfig::default(), &specs)
+        .unwrap_or_else(|e| panic!("opening the demo disks: {e}"));
+    let factory =
+        hv_glue::hyperv_with_vmbus_ics(hv::HvFeatures::default(), None, Some(controller), exercise);
+    (factory, DiskDir(dir))
+}
+
+/// Removes the generated disks when dropped.
+pub struct DiskDir(PathBuf);
+
+impl Drop for DiskDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -9,39 +9,17 @@
 //! Without a usable `/dev/kvm` these tests fail, saying so: they never pass
 //! silently.
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use host_test_vmm::hv;
-use host_test_vmm::storage::{self, ControllerConfig, DiskSpec, StorageController};
 use host_test_vmm::vmbus::echo::{EchoVsp, ECHO_MAGIC};
 use host_test_vmm::vmbus::{ChannelHandle, SendError, VmbusOptions, VmbusServer, Vsp};
 use host_test_vmm::vmm::hv_glue::{self, CpuidEntry, HvContext, HvPort, HvRegs};
 use host_test_vmm::vmm::{self, HvFactory, RunOutcome, SerialOutput, VmConfig, EXPECTED_CHECKS};
+use hvkit_tests::{demo_setup, demo_setup_with, guest_elf, require_kvm};
 use hypercall::msr;
 use vmbus_guest::packet::PacketView;
-
-fn require_kvm() {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    assert!(
-        ok,
-        "/dev/kvm is missing or not accessible: boot tests need KVM (run as a user who can open /dev/kvm)"
-    );
-}
-
-/// The test guest ELF, built once per test binary (in its own target dir).
-fn guest_elf() -> &'static PathBuf {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        vmm::guest_build::build_test_guest()
-            .unwrap_or_else(|e| panic!("building the test guest: {e}"))
-    })
-}
 
 fn boot(cpus: u32, factory: Option<HvFactory>) -> RunOutcome {
     require_kvm();
@@ -61,35 +39,6 @@ fn check<'a>(out: &'a RunOutcome, name: &str) -> &'a vmm::report::CheckResult {
         .iter()
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("report has no check {name:?}:\n{}", out.serial))
-}
-
-/// What `host-test-vmm demo` boots: the generated disks on the SCSI
-/// controller and the host ICs' exercise script, so every check can run.
-/// The disk directory is removed when the returned guard drops.
-fn demo_setup() -> (HvFactory, DiskDir) {
-    demo_setup_with(true, |_| {})
-}
-
-/// [`demo_setup`] with the exercise script on or off and the disk specs
-/// adjusted by `tweak` (to break the storage side on purpose).
-fn demo_setup_with(exercise: bool, tweak: impl FnOnce(&mut Vec<DiskSpec>)) -> (HvFactory, DiskDir) {
-    let (dir, mut specs) = storage::demo::create_demo_disks(&std::env::temp_dir())
-        .unwrap_or_else(|e| panic!("creating the demo disks: {e}"));
-    tweak(&mut specs);
-    let controller = StorageController::with_disks(ControllerConfig::default(), &specs)
-        .unwrap_or_else(|e| panic!("opening the demo disks: {e}"));
-    let factory =
-        hv_glue::hyperv_with_vmbus_ics(hv::HvFeatures::default(), None, Some(controller), exercise);
-    (factory, DiskDir(dir))
-}
-
-/// Removes the generated disks.
-struct DiskDir(PathBuf);
-
-impl Drop for DiskDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
