@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use host_test_vmm::api;
 use host_test_vmm::bench;
-use host_test_vmm::hv::HvFeatures;
 use host_test_vmm::vmbus::TraceWriter;
 use host_test_vmm::vmm::hv_glue;
 use host_test_vmm::vmm::{self, SerialOutput, VmConfig, VmmError};
@@ -262,7 +261,12 @@ fn run(kernel: &Path, c: Common, exercise: bool) -> Result<bool, Box<dyn std::er
         )
     };
     if trace.is_some() || storage.is_some() || exercise {
-        cfg.hv = hv_glue::hyperv_with_vmbus_ics(HvFeatures::default(), trace, storage, exercise);
+        cfg.hv = hv_glue::hyperv_with_vmbus(hv_glue::VmbusPartitionOptions {
+            trace,
+            storage,
+            ic_exercise: exercise,
+            ..hv_glue::VmbusPartitionOptions::test_guest()
+        });
     }
     let out = match &c.api_socket {
         Some(socket) => api::run_with_api(cfg, socket)?,

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use host_test_vmm::hv;
 use host_test_vmm::storage::{self, ControllerConfig, DiskSpec, StorageController};
 use host_test_vmm::vmm::hv_glue;
 use host_test_vmm::vmm::{self, HvFactory};
@@ -53,8 +52,11 @@ pub fn demo_setup_with(
     tweak(&mut specs);
     let controller = StorageController::with_disks(ControllerConfig::default(), &specs)
         .unwrap_or_else(|e| panic!("opening the demo disks: {e}"));
-    let factory =
-        hv_glue::hyperv_with_vmbus_ics(hv::HvFeatures::default(), None, Some(controller), exercise);
+    let factory = hv_glue::hyperv_with_vmbus(hv_glue::VmbusPartitionOptions {
+        storage: Some(controller),
+        ic_exercise: exercise,
+        ..hv_glue::VmbusPartitionOptions::test_guest()
+    });
     (factory, DiskDir(dir))
 }
 

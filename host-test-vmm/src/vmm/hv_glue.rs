@@ -310,55 +310,64 @@ impl HvPort for HyperVWithVmbus {
     }
 }
 
-/// Hyper-V with the host test services and a VMBus server offering the echo
-/// test device (docs/ARCHITECTURE.md, "VMBus test device") and the host
-/// integration components (heartbeat, shutdown, time sync, KVP, VSS, file
-/// copy); `trace` receives the decoded VMBus traffic.
-pub fn hyperv_with_vmbus(features: hv::HvFeatures, trace: Option<Arc<TraceWriter>>) -> HvFactory {
-    hyperv_with_vmbus_storage(features, trace, None)
+/// What a partition with a VMBus server is built from: one options struct, so
+/// a new device class adds a field rather than another factory.
+#[derive(Clone, Default)]
+pub struct VmbusPartitionOptions {
+    /// The Hyper-V feature profile (CPUID, MSRs, hypercalls).
+    pub features: hv::HvFeatures,
+    /// Receives the decoded VMBus traffic (`--trace`).
+    pub trace: Option<Arc<TraceWriter>>,
+    /// The synthetic SCSI controller (storvsp, class
+    /// ba6163d9-04a1-4d29-b605-72e2ffb1dc7f), offered when given.
+    pub storage: Option<Arc<StorageController>>,
+    /// The bundled test guest's extras: the host test services (hypercall
+    /// test codes) and the echo test device (docs/ARCHITECTURE.md, "VMBus
+    /// test device"). Off for guests nobody here wrote (Linux), whose bus
+    /// should carry only real device classes.
+    pub test_devices: bool,
+    /// The host ICs run their exercise script (`IcConfig::exercise`): only
+    /// for the bare-metal test guest (`demo`), which answers it and ends its
+    /// run on the power-off request.
+    pub ic_exercise: bool,
 }
 
-/// [`hyperv_with_vmbus`], plus `storage`'s synthetic SCSI controller
-/// offered on the server (storvsp, class ba6163d9-04a1-4d29-b605-72e2ffb1dc7f)
-/// when given.
-pub fn hyperv_with_vmbus_storage(
-    features: hv::HvFeatures,
-    trace: Option<Arc<TraceWriter>>,
-    storage: Option<Arc<StorageController>>,
-) -> HvFactory {
-    hyperv_with_vmbus_ics(features, trace, storage, false)
+impl VmbusPartitionOptions {
+    /// The bundled test guest's partition: default features, test devices on.
+    pub fn test_guest() -> Self {
+        Self {
+            test_devices: true,
+            ..Self::default()
+        }
+    }
 }
 
-/// [`hyperv_with_vmbus_storage`], with the host ICs' exercise script
-/// (`IcConfig::exercise`) on when `exercise` is set: only for the bare-metal
-/// test guest (`demo`), which answers it and ends its run on the power-off
-/// request.
-pub fn hyperv_with_vmbus_ics(
-    features: hv::HvFeatures,
-    trace: Option<Arc<TraceWriter>>,
-    storage: Option<Arc<StorageController>>,
-    exercise: bool,
-) -> HvFactory {
+/// Hyper-V with a VMBus server offering the host integration components
+/// (heartbeat, shutdown, time sync, KVP, VSS, file copy) and what `opts`
+/// adds (test devices, storage).
+pub fn hyperv_with_vmbus(opts: VmbusPartitionOptions) -> HvFactory {
     Arc::new(move |ctx: HvContext| {
         let cfg = hv::HvConfig {
             vp_count: ctx.vp_count,
             tsc_hz: ctx.tsc_hz,
-            features: features.clone(),
+            features: opts.features.clone(),
         };
         let h = hv::Hypervisor::new(cfg, ctx.mem, ctx.irq, ctx.tsc)
             .map_err(|e| VmmError::Hv(e.to_string()))?;
-        h.install_test_services();
         let vmbus = VmbusServer::new(
             h.clone(),
             VmbusOptions {
-                trace: trace.clone(),
+                trace: opts.trace.clone(),
             },
         )
         .map_err(|e| VmmError::Hv(format!("VMBus server: {e}")))?;
-        vmbus
-            .add_device(Box::new(EchoVsp::new(0)))
-            .map_err(|e| VmmError::Hv(format!("VMBus echo device: {e}")))?;
-        if let Some(storage) = &storage {
+        if opts.test_devices {
+            h.install_test_services();
+            vmbus
+                .add_device(Box::new(EchoVsp::new(0)))
+                .map_err(|e| VmmError::Hv(format!("VMBus echo device: {e}")))?;
+        }
+        if let Some(storage) = &opts.storage {
             vmbus
                 .add_device(storage.vsp())
                 .map_err(|e| VmmError::Hv(format!("VMBus storage controller: {e}")))?;
@@ -367,8 +376,8 @@ pub fn hyperv_with_vmbus_ics(
         let mut ic_cfg = IcConfig::new(Arc::new(move || {
             clock.upgrade().map_or(0, |h| h.reference_time())
         }));
-        ic_cfg.trace = trace.clone();
-        ic_cfg.exercise = exercise;
+        ic_cfg.trace = opts.trace.clone();
+        ic_cfg.exercise = opts.ic_exercise;
         let ics = HostIcs::new(ic_cfg)
             .map_err(|e| VmmError::Hv(format!("integration components: {e}")))?;
         ics.register(&vmbus)
@@ -377,7 +386,7 @@ pub fn hyperv_with_vmbus_ics(
             hv: h,
             vmbus,
             ics,
-            storage: storage.clone(),
+            storage: opts.storage.clone(),
         }) as Arc<dyn HvPort>)
     })
 }
@@ -386,5 +395,5 @@ pub fn hyperv_with_vmbus_ics(
 /// with the recommended feature profile, the host test services and a VMBus
 /// server with the echo test device.
 pub fn default_factory() -> HvFactory {
-    hyperv_with_vmbus(hv::HvFeatures::default(), None)
+    hyperv_with_vmbus(VmbusPartitionOptions::test_guest())
 }
