@@ -144,7 +144,9 @@ fetch_source_deb() {
         mkdir -p "$dir"
         local tmp
         tmp=$(mktemp -d "$dir/download.XXXXXX")
-        chmod 755 "$tmp" # lets apt's _apt user write there (else: a harmless warning)
+        # apt-get download writes as the _apt user when it can (else: a harmless warning).
+        chmod 755 "$tmp"
+        if id _apt >/dev/null 2>&1; then chown _apt "$tmp" 2>/dev/null || true; fi
         log "apt-get download $SOURCE_PACKAGE=$version"
         (cd "$tmp" && apt-get download "$SOURCE_PACKAGE=$version" >&2) || {
             rm -rf "$tmp"
