@@ -14,6 +14,8 @@
 //!   [`hv`]'s SynIC and hypercalls.
 //! - [`storage`]: the storage VSP (synthetic SCSI controller over VMBus)
 //!   with disks from raw image files.
+//! - [`net`]: the network VSP (netvsp) and its backends (TAP, in-VMM L2
+//!   switch).
 //! - [`ic`]: the host integration components (heartbeat, shutdown, time
 //!   sync, KVP, VSS, file copy) as VSPs.
 //! - [`api`]: the control API of a running partition (HTTP/1.1 + JSON on a
@@ -23,6 +25,7 @@ pub mod api;
 pub mod bench;
 pub mod hv;
 pub mod ic;
+pub mod net;
 pub mod storage;
 pub mod vmbus;
 pub mod vmm;
