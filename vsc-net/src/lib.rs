@@ -1,4 +1,31 @@
-//! Hyper-V synthetic networking for hvkit: NVSP and RNDIS over VMBus, and a `no_std` netvsc
-//! guest client. (Being written: see issue 6.)
+//! Hyper-V synthetic networking for hvkit: the NVSP protocol, RNDIS carried over it, the NDIS
+//! offload structures, and a `no_std` netvsc guest client.
+//!
+//! # What it is for
+//! A Hyper-V guest reaches its virtual NIC through a VMBus channel of the network class. The
+//! channel speaks NVSP: version negotiation, then the guest hands the host two GPADL-backed
+//! buffers (a receive buffer the host copies frames into, a send buffer the guest copies frames
+//! into). Inside NVSP travels RNDIS: the guest initializes the device, queries its MAC, MTU,
+//! link state and offload capabilities, sets offload parameters and the packet filter, and
+//! exchanges Ethernet frames as RNDIS PACKET messages with per-packet info (checksum, VLAN,
+//! hash). This crate is both ends' shared vocabulary for that, and the guest's driver.
+//!
+//! # How it fits
+//! - **Shared definitions** ([`nvsp`], [`rndis`], [`offload`]): every NVSP message of
+//!   protocol versions 1 … 6.1, RNDIS messages, status codes, OIDs and per-packet info, and the
+//!   NDIS offload objects. All `repr(C)` zerocopy types with compile-time layout assertions
+//!   (fact sheet §9), plus parsers that validate every offset and length, and builders.
+//!   `host-test-vmm`'s netvsp parses and builds with the same types.
+//!
+//! The host is untrusted: every length, offset, section and transfer-page range it sends is
+//! validated, and a bad one is an error, never a panic.
 #![no_std]
 #![forbid(unsafe_code)]
+
+pub mod nvsp;
+pub mod offload;
+pub mod rndis;
+
+pub use nvsp::{NvspMessage, ProtocolVersion};
+pub use offload::{NdisOffload, NdisOffloadParameters};
+pub use rndis::{Oid, RndisStatus};
