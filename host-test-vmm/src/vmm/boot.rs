@@ -58,7 +58,18 @@ pub fn load(mem: &GuestMemoryMmap, image: &ElfImage) -> Result<(), VmmError> {
         mem.write_obj(*d, GuestAddress(GDT_ADDR + 8 * i as u64))
             .map_err(mem_err)?;
     }
-    // Identity map 0..4 GiB with 2 MiB pages so RAM and the LAPIC page are reachable.
+    write_page_tables(mem)?;
+    for s in &image.segments {
+        mem.write_slice(&s.data, GuestAddress(s.paddr))
+            .map_err(mem_err)?;
+        // The BSS part is already zero: RAM is fresh or was zeroed by reset.
+    }
+    Ok(())
+}
+
+/// Identity-maps 0..4 GiB with 2 MiB pages at [`PML4_ADDR`], so RAM and the
+/// LAPIC page are reachable (both boot protocols use it).
+pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), VmmError> {
     mem.write_obj(PDPT_ADDR | 0x3, GuestAddress(PML4_ADDR))
         .map_err(mem_err)?;
     for gib in 0..4u64 {
@@ -72,12 +83,17 @@ pub fn load(mem: &GuestMemoryMmap, image: &ElfImage) -> Result<(), VmmError> {
                 .map_err(mem_err)?;
         }
     }
-    for s in &image.segments {
-        mem.write_slice(&s.data, GuestAddress(s.paddr))
-            .map_err(mem_err)?;
-        // The BSS part is already zero: RAM is fresh or was zeroed by reset.
-    }
     Ok(())
+}
+
+/// Control registers and EFER for 64-bit mode with the identity page tables.
+pub fn long_mode_sregs(sregs: &mut kvm_sregs) {
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_PG;
+    sregs.cr3 = PML4_ADDR;
+    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    sregs.efer = EFER_LME | EFER_LMA;
 }
 
 fn segment(selector: u16, code: bool) -> kvm_segment {
@@ -125,12 +141,7 @@ pub fn setup_vcpu(
     };
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = 5 * 8 - 1;
-    sregs.idt.base = 0;
-    sregs.idt.limit = 0;
-    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_PG;
-    sregs.cr3 = PML4_ADDR;
-    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
-    sregs.efer = EFER_LME | EFER_LMA;
+    long_mode_sregs(&mut sregs);
     vcpu.set_sregs(&sregs)
         .map_err(VmmError::kvm("KVM_SET_SREGS"))?;
 

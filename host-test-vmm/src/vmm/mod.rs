@@ -1,11 +1,14 @@
 //! KVM partition management (see crate docs and docs/ARCHITECTURE.md):
 //! guest RAM, vCPU threads and their lifecycle, the direct 64-bit boot
-//! protocol, COM1, the debug-exit port, and the glue that routes CPUID,
+//! protocol and the Linux boot protocol ([`linux`], with ACPI tables from
+//! [`acpi`]), COM1, the debug-exit port, the few legacy platform ports a
+//! Linux guest uses (i8042 reset, ACPI sleep control), and the glue that routes CPUID,
 //! synthetic MSRs, hypercalls, interrupts and time to the Hyper-V emulation.
 //!
 //! Entry points: [`run`] (create, run to the end, report) and [`Partition`]
 //! for finer lifecycle control.
 
+pub mod acpi;
 pub mod boot;
 pub mod console;
 pub mod cpuid;
@@ -14,6 +17,7 @@ pub mod error;
 pub mod guest_build;
 pub mod hv_glue;
 pub mod irq;
+pub mod linux;
 pub mod partition;
 pub mod report;
 pub mod stats;
@@ -51,8 +55,12 @@ pub struct VmConfig {
     pub expected_checks: Vec<String>,
     /// Use KVM_CAP_SYNC_REGS for hypercall registers when KVM offers it.
     pub use_sync_regs: bool,
-    /// Inject #BP for an `int3` KVM failed to emulate (PVM only; never triggers on VMX/SVM).
+    /// Assist KVM where it failed to emulate an instruction (`int3` -> #BP,
+    /// `fwait` -> no-op; PVM only, never triggers on VMX/SVM).
     pub emulation_assist: bool,
+    /// Boot `kernel` with the Linux boot protocol (bzImage or vmlinux) instead
+    /// of hvkit's direct protocol; see [`linux`].
+    pub linux: Option<linux::LinuxBoot>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -64,6 +72,7 @@ impl std::fmt::Debug for VmConfig {
             .field("serial", &self.serial)
             .field("timeout", &self.timeout)
             .field("expected_checks", &self.expected_checks)
+            .field("linux", &self.linux.as_ref().map(|l| &l.cmdline))
             .finish_non_exhaustive()
     }
 }
@@ -82,6 +91,7 @@ impl VmConfig {
             expected_checks: EXPECTED_CHECKS.iter().map(|s| (*s).to_owned()).collect(),
             use_sync_regs: true,
             emulation_assist: true,
+            linux: None,
         }
     }
 

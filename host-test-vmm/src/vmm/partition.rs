@@ -23,6 +23,7 @@ use super::elf::ElfImage;
 use super::error::VmmError;
 use super::hv_glue::{HvContext, HvPort};
 use super::irq::{KvmGuestTsc, MsiInterruptSink};
+use super::linux::{self, LinuxBoot, LoadedLinux};
 use super::report::{self, Report};
 use super::stats::ExitStats;
 use super::vcpu::{self, RunEnd, Shared, Vcpu, VcpuEnv, Want};
@@ -32,6 +33,18 @@ use super::VmConfig;
 const TSS_ADDRESS: usize = 0xFFFB_D000;
 /// LAPIC spurious-interrupt vector register offset.
 const APIC_SVR: usize = 0xF0;
+
+/// What the partition boots, kept so a reset can load it again.
+enum GuestImage {
+    /// hvkit's direct protocol (the bundled test guest).
+    Hvkit(ElfImage),
+    /// A Linux kernel.
+    Linux {
+        kernel: Vec<u8>,
+        boot: LinuxBoot,
+        loaded: Arc<LoadedLinux>,
+    },
+}
 
 /// What this KVM offers, measured at partition creation.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -47,8 +60,9 @@ pub struct Partition {
     _kvm: Kvm,
     vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
-    image: ElfImage,
+    image: GuestImage,
     vp_count: u32,
+    memory: u64,
     facts: KvmFacts,
     created: Vec<Vcpu>,
     threads: Vec<(u32, JoinHandle<()>)>,
@@ -87,7 +101,10 @@ impl Partition {
     /// Creates the VM, its memory and vCPUs and loads the guest; nothing runs yet.
     pub fn create(cfg: &VmConfig) -> Result<Self, VmmError> {
         boot::check_limits(cfg.memory, cfg.cpus)?;
-        let image = ElfImage::parse(&cfg.kernel, cfg.memory)?;
+        let hvkit_image = match &cfg.linux {
+            None => Some(ElfImage::parse(&cfg.kernel, cfg.memory)?),
+            Some(_) => None,
+        };
         let kvm = open_kvm()?;
         require(&kvm, Cap::Irqchip, "KVM_CAP_IRQCHIP")?;
         require(&kvm, Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI")?;
@@ -157,7 +174,29 @@ impl Partition {
             unsafe { vm.set_user_memory_region(r) }
                 .map_err(VmmError::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        boot::load(&mem, &image)?;
+        let image = match (hvkit_image, &cfg.linux) {
+            (Some(elf), _) => {
+                boot::load(&mem, &elf)?;
+                GuestImage::Hvkit(elf)
+            }
+            (None, Some(lb)) => {
+                let loaded = linux::load(&mem, cfg.memory, cfg.cpus, &cfg.kernel, lb)?;
+                GuestImage::Linux {
+                    kernel: cfg.kernel.clone(),
+                    boot: lb.clone(),
+                    loaded: Arc::new(loaded),
+                }
+            }
+            (None, None) => unreachable!("an image is parsed unless cfg.linux is set"),
+        };
+        let linux_loaded = match &image {
+            GuestImage::Linux { loaded, .. } => Some(loaded.clone()),
+            GuestImage::Hvkit(_) => None,
+        };
+        let entry = match &image {
+            GuestImage::Hvkit(elf) => elf.entry,
+            GuestImage::Linux { loaded, .. } => loaded.entry,
+        };
 
         let mut fds: Vec<VcpuFd> = Vec::new();
         for vp in 0..cfg.cpus {
@@ -185,20 +224,32 @@ impl Partition {
         for (vp, fd) in (0u32..).zip(fds) {
             fd.set_cpuid2(&cpuid::for_vcpu(&guest_cpuid, vp)?)
                 .map_err(VmmError::kvm("KVM_SET_CPUID2"))?;
-            boot::setup_vcpu(&fd, vp, cfg.cpus, cfg.memory, image.entry)?;
-            // With an in-kernel irqchip KVM parks application processors until INIT/SIPI;
-            // the protocol starts every vCPU at the entry point.
-            fd.set_mp_state(kvm_mp_state {
-                mp_state: KVM_MP_STATE_RUNNABLE,
-            })
-            .map_err(VmmError::kvm("KVM_SET_MP_STATE"))?;
-            let lapic = software_enable_lapic(&fd)?;
+            let lapic = match &linux_loaded {
+                None => {
+                    boot::setup_vcpu(&fd, vp, cfg.cpus, cfg.memory, entry)?;
+                    // With an in-kernel irqchip KVM parks application processors until
+                    // INIT/SIPI; the protocol starts every vCPU at the entry point.
+                    fd.set_mp_state(kvm_mp_state {
+                        mp_state: KVM_MP_STATE_RUNNABLE,
+                    })
+                    .map_err(VmmError::kvm("KVM_SET_MP_STATE"))?;
+                    software_enable_lapic(&fd)?
+                }
+                Some(loaded) => {
+                    // Linux starts on the BSP and wakes the others with INIT/SIPI itself.
+                    if vp == 0 {
+                        linux::setup_boot_vcpu(&fd, loaded)?;
+                    }
+                    fd.get_lapic().map_err(VmmError::kvm("KVM_GET_LAPIC"))?
+                }
+            };
             created.push(Vcpu::new(
                 fd,
                 VcpuEnv {
                     vp,
                     vp_count: cfg.cpus,
-                    entry: image.entry,
+                    entry,
+                    linux: linux_loaded.clone(),
                     mem: mem.clone(),
                     shared: shared.clone(),
                     hv: hv.clone(),
@@ -218,7 +269,8 @@ impl Partition {
         tracing::info!(
             cpus = cfg.cpus,
             memory = cfg.memory,
-            entry = format_args!("{:#x}", image.entry),
+            entry = format_args!("{entry:#x}"),
+            linux = linux_loaded.is_some(),
             ?facts,
             "partition created"
         );
@@ -228,6 +280,7 @@ impl Partition {
             mem,
             image,
             vp_count: cfg.cpus,
+            memory: cfg.memory,
             facts,
             created,
             threads: Vec::new(),
@@ -335,7 +388,12 @@ impl Partition {
             // `self.mem`; every vCPU is parked, so nothing else writes it concurrently.
             unsafe { std::ptr::write_bytes(host, 0, region.len() as usize) };
         }
-        boot::load(&self.mem, &self.image)?;
+        match &self.image {
+            GuestImage::Hvkit(elf) => boot::load(&self.mem, elf)?,
+            GuestImage::Linux { kernel, boot, .. } => {
+                linux::load(&self.mem, self.memory, self.vp_count, kernel, boot)?;
+            }
+        }
         self.hv.reset();
         self.stats.clear();
         self.irq.clear();

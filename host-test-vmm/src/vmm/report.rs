@@ -359,6 +359,8 @@ impl Report {
             RunEnd::TripleFault { vp, rip } => format!("triple fault on vp {vp} at RIP {rip:#x}"),
             RunEnd::Error { vp, message } => format!("error on vp {vp}: {message}"),
             RunEnd::Stopped => "stopped".into(),
+            RunEnd::PoweredOff { vp } => format!("powered off by the guest (vp {vp})"),
+            RunEnd::Reset { vp } => format!("reset requested by the guest (vp {vp})"),
         };
         let _ = writeln!(s, "end:      {end}");
         if let Some(c) = &self.crash {

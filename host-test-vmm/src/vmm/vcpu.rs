@@ -7,15 +7,27 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 
 use kvm_bindings::{
     kvm_lapic_state, kvm_mp_state, kvm_run, KVM_INTERNAL_ERROR_EMULATION, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::acpi::{self, SleepRequest, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
 use super::boot;
 use super::console::{Console, COM1};
 use super::hv_glue::{is_hv_msr, HvPort, HvRegs};
 use super::irq::MsiInterruptSink;
 use super::stats::ExitStats;
+
+/// i8042 command/status port; command 0xFE pulses the CPU reset line.
+const I8042_COMMAND_PORT: u16 = 0x64;
+const I8042_CMD_RESET: u8 = 0xFE;
+/// CMOS/RTC data port: there is no RTC, and reading 0 keeps Linux's
+/// "update in progress" poll from spinning until its timeout.
+const CMOS_DATA_PORT: u16 = 0x71;
+/// x87 `fwait`/`wait`.
+const OPCODE_FWAIT: u8 = 0x9B;
+const OPCODE_INT3: u8 = 0xCC;
 
 /// HV_X64_MSR_EOI: write-only APIC EOI (fact sheet §2, "EOI / ICR / TPR").
 const HV_MSR_EOI: u32 = 0x4000_0070;
@@ -54,6 +66,17 @@ pub enum RunEnd {
     },
     /// The partition was stopped by its owner.
     Stopped,
+    /// The guest powered itself off (ACPI S5 through the sleep control
+    /// register, `super::acpi::SLEEP_CONTROL_PORT`).
+    PoweredOff {
+        /// The VP that wrote it.
+        vp: u32,
+    },
+    /// The guest asked for a platform reset (i8042 command 0xFE).
+    Reset {
+        /// The VP that asked.
+        vp: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +196,8 @@ pub(crate) struct VcpuEnv {
     pub vp: u32,
     pub vp_count: u32,
     pub entry: u64,
+    /// Set when the partition boots Linux (boot state for resets, symbols for errors).
+    pub linux: Option<Arc<super::linux::LoadedLinux>>,
     pub mem: GuestMemoryMmap,
     pub shared: Arc<Shared>,
     pub hv: Arc<dyn HvPort>,
@@ -297,14 +322,23 @@ impl Vcpu {
         let _ = self.fd.run();
         self.fd.set_kvm_immediate_exit(0);
         let env = &self.env;
-        boot::setup_vcpu(&self.fd, env.vp, env.vp_count, env.mem_size(), env.entry)?;
+        let mp_state = match &env.linux {
+            None => {
+                boot::setup_vcpu(&self.fd, env.vp, env.vp_count, env.mem_size(), env.entry)?;
+                KVM_MP_STATE_RUNNABLE
+            }
+            Some(l) if env.vp == 0 => {
+                super::linux::setup_boot_vcpu(&self.fd, l)?;
+                KVM_MP_STATE_RUNNABLE
+            }
+            // Linux wakes its application processors with INIT/SIPI.
+            Some(_) => KVM_MP_STATE_UNINITIALIZED,
+        };
         self.fd
             .set_lapic(&env.initial_lapic)
             .map_err(VmmError::kvm("KVM_SET_LAPIC"))?;
         self.fd
-            .set_mp_state(kvm_mp_state {
-                mp_state: KVM_MP_STATE_RUNNABLE,
-            })
+            .set_mp_state(kvm_mp_state { mp_state })
             .map_err(VmmError::kvm("KVM_SET_MP_STATE"))?;
         let mut ev = self
             .fd
@@ -351,7 +385,7 @@ impl Vcpu {
                     data[0] = env.console.read((port - COM1) as u8);
                     data[1..].fill(0xFF);
                 } else {
-                    data.fill(0xFF);
+                    data.fill(port_in_value(port));
                 }
                 Next::Continue
             }
@@ -506,7 +540,27 @@ impl Vcpu {
             });
         }
         let bytes = self.instruction_bytes(&internal, regs.rip);
-        if self.env.emulation_assist && bytes.first() == Some(&0xCC) {
+        if self.env.emulation_assist && bytes.first() == Some(&OPCODE_FWAIT) {
+            // fwait only raises a pending x87 exception; the kernel (fpu__drop) uses it with
+            // none pending, so skipping it is exact.
+            regs.rip += 1;
+            return match self.fd.set_regs(&regs) {
+                Ok(()) => {
+                    self.env.stats.assist();
+                    tracing::debug!(
+                        vp,
+                        rip = format_args!("{:#x}", regs.rip - 1),
+                        "emulation assist: fwait skipped"
+                    );
+                    Next::Continue
+                }
+                Err(e) => Next::End(RunEnd::Error {
+                    vp,
+                    message: format!("skipping fwait failed: {e}"),
+                }),
+            };
+        }
+        if self.env.emulation_assist && bytes.first() == Some(&OPCODE_INT3) {
             // int3: deliver the #BP it would raise, with RIP past the instruction as a
             // trap leaves it.
             regs.rip += 1;
@@ -534,10 +588,17 @@ impl Vcpu {
                 }),
             };
         }
+        let symbol = self
+            .env
+            .linux
+            .as_ref()
+            .and_then(|l| l.symbols.describe(regs.rip))
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
         Next::End(RunEnd::Error {
             vp,
             message: format!(
-                "KVM could not emulate the instruction at RIP {:#x} (bytes {}); this KVM (PVM) emulates CPL0 code and lacks this instruction: hide the feature or avoid it in guest code",
+                "KVM could not emulate the instruction at RIP {:#x}{symbol} (bytes {}); this KVM (PVM) emulates CPL0 code and lacks this instruction: hide the feature or avoid it in guest code (for Linux: clearcpuid=/noxsave on the command line), or add an emulation assist",
                 regs.rip,
                 hex(&bytes)
             ),
@@ -576,6 +637,16 @@ impl Vcpu {
     }
 }
 
+/// What an IN from a port without a device reads.
+fn port_in_value(port: u16) -> u8 {
+    match port {
+        // i8042 status: both buffers empty, so a reboot through it does not wait.
+        I8042_COMMAND_PORT | CMOS_DATA_PORT => 0,
+        SLEEP_CONTROL_PORT | SLEEP_STATUS_PORT => 0,
+        _ => 0xFF,
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     if bytes.is_empty() {
         return "unavailable".into();
@@ -608,6 +679,21 @@ impl VcpuEnv {
                 })
             }
             HYPERCALL_PORT if data.len() == 4 => Next::Hypercall,
+            I8042_COMMAND_PORT if data[0] == I8042_CMD_RESET => {
+                Next::End(RunEnd::Reset { vp: self.vp })
+            }
+            SLEEP_CONTROL_PORT => match acpi::decode_sleep_control(data[0]) {
+                SleepRequest::PowerOff => Next::End(RunEnd::PoweredOff { vp: self.vp }),
+                SleepRequest::Other(t) => {
+                    tracing::warn!(
+                        vp = self.vp,
+                        slp_typ = t,
+                        "ACPI sleep state not supported; ignored"
+                    );
+                    Next::Continue
+                }
+                SleepRequest::None => Next::Continue,
+            },
             _ => {
                 tracing::trace!(
                     vp = self.vp,
