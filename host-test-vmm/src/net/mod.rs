@@ -1,5 +1,8 @@
 //! Host networking: the network VSP (netvsp) and where its frames go.
 //!
+//! - [`netvsp`]: the VMBus network device ([`Nic`]): NVSP + RNDIS over the
+//!   guest's receive/send buffers, frames to and from a backend;
+//! - [`trace`]: NVSP/RNDIS decoding for `--trace`;
 //! - [`backend`]: the [`FrameBackend`] port trait a NIC sends frames into and
 //!   receives frames from, plus MAC addresses and a collecting sink;
 //! - [`tap`]: a Linux TAP device backend;
@@ -10,10 +13,16 @@
 
 pub mod backend;
 pub mod netns;
+pub mod netvsp;
 pub mod switch;
 pub mod tap;
+pub mod trace;
 
 pub use backend::{BackendError, CollectSink, FrameBackend, FrameSink, MacAddr};
 pub use netns::{NetnsError, TestNetns};
+pub use netvsp::{net_instance_id, NetChannel, NetStats, Nic, NicConfig, NicError, NET_CLASS_ID};
 pub use switch::{Switch, SwitchPort, SwitchRegistry, SwitchStats};
 pub use tap::{TapBackend, TapError};
+
+#[cfg(test)]
+mod tests;
