@@ -16,12 +16,17 @@
 //!   NDIS offload objects. All `repr(C)` zerocopy types with compile-time layout assertions
 //!   (fact sheet §9), plus parsers that validate every offset and length, and builders.
 //!   `host-test-vmm`'s netvsp parses and builds with the same types.
+//! - **The guest client** ([`client`]): a sans-IO state machine. It runs the NVSP and RNDIS
+//!   bring-up, reserves send-buffer sections for frames, validates every transfer-page range
+//!   and the RNDIS message inside, and queues the completions that hand receive buffer space
+//!   back to the host. It allocates nothing: capacities are const generics.
 //!
 //! The host is untrusted: every length, offset, section and transfer-page range it sends is
 //! validated, and a bad one is an error, never a panic.
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod nvsp;
 pub mod offload;
 pub mod rndis;
