@@ -149,6 +149,10 @@ struct Common {
     /// (a raw image file or block device; repeatable; LUNs default to the lowest free).
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<host_test_vmm::storage::DiskSpec>,
+    /// A synthetic NIC (netvsp): tap=NAME (a TAP device, needs CAP_NET_ADMIN) or switch=NAME
+    /// (the in-VMM L2 switch of that name), [,mac=02:..][,mtu=N] (repeatable: net0, net1, ...).
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<host_test_vmm::net::NetSpec>,
     /// Serve the control API (HTTP/1.1 + JSON) on this unix socket while the guest runs.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -321,17 +325,21 @@ fn run(
                 .map_err(|e| VmmError::Hv(format!("storage: {e}")))?,
         )
     };
+    let switches = host_test_vmm::net::SwitchRegistry::new();
+    let net = host_test_vmm::net::build_nics(&c.nets, &switches, trace.clone())?;
     if is_linux {
         // Only real device classes on a Linux guest's bus.
         cfg.hv = hv_glue::hyperv_with_vmbus(hv_glue::VmbusPartitionOptions {
             trace,
             storage,
+            net,
             ..hv_glue::VmbusPartitionOptions::default()
         });
-    } else if trace.is_some() || storage.is_some() || exercise {
+    } else if trace.is_some() || storage.is_some() || exercise || !net.is_empty() {
         cfg.hv = hv_glue::hyperv_with_vmbus(hv_glue::VmbusPartitionOptions {
             trace,
             storage,
+            net,
             ic_exercise: exercise,
             ..hv_glue::VmbusPartitionOptions::test_guest()
         });

@@ -204,6 +204,17 @@ pub enum CtlCommand {
         /// The LUN.
         lun: u8,
     },
+    /// The synthetic NICs: MAC, backend, link, counters.
+    Net,
+    /// Set a NIC's link up or down (the guest sees media connect/disconnect).
+    NetLink {
+        /// `up` or `down`.
+        #[arg(value_parser = ["up", "down"])]
+        state: String,
+        /// The NIC ("net0"; default: the only one).
+        #[arg(long)]
+        nic: Option<String>,
+    },
 }
 
 /// Optional `timeout_secs` field.
@@ -333,6 +344,14 @@ pub fn to_request(
             ("PUT", "vm.add-disk", Some(b))
         }
         C::RemoveDisk { lun } => ("PUT", "vm.remove-disk", Some(json!({"lun": lun}))),
+        C::Net => ("GET", "net", None),
+        C::NetLink { state, nic } => {
+            let mut b = json!({"up": state == "up"});
+            if let Some(n) = nic {
+                b["nic"] = json!(n);
+            }
+            ("PUT", "net.link", Some(b))
+        }
     })
 }
 

@@ -273,6 +273,7 @@ pub fn run_with_api(cfg: VmConfig, socket: &Path) -> Result<RunOutcome, ApiRunEr
         vm: handle,
         ics: p.hv().ics(),
         storage: p.hv().storage(),
+        net: p.hv().nics(),
     };
     let api = ApiServer::bind(socket, targets).map_err(|source| ApiRunError::Socket {
         path: socket.to_path_buf(),

@@ -60,6 +60,8 @@ pub struct ApiTargets {
     pub ics: Option<HostIcs>,
     /// The synthetic SCSI controller (disk hot-add/remove).
     pub storage: Option<Arc<StorageController>>,
+    /// The synthetic NICs (link up/down, stats).
+    pub net: Vec<Arc<crate::net::Nic>>,
 }
 
 impl std::fmt::Debug for ApiTargets {
@@ -68,6 +70,7 @@ impl std::fmt::Debug for ApiTargets {
             .field("vm", &self.vm)
             .field("ics", &self.ics.is_some())
             .field("storage", &self.storage.is_some())
+            .field("net", &self.net.len())
             .finish()
     }
 }
@@ -285,6 +288,9 @@ pub fn handle_request(t: &ApiTargets, req: &Request) -> Result<Value, ApiError> 
             if let Some(s) = &t.storage {
                 v["disks"] = json!(s.luns());
             }
+            if !t.net.is_empty() {
+                v["nics"] = json!(t.net.iter().map(|n| n.name()).collect::<Vec<_>>());
+            }
             Ok(v)
         }
         "vm.pause" => lifecycle(vm, req, VmCommand::Pause),
@@ -294,6 +300,8 @@ pub fn handle_request(t: &ApiTargets, req: &Request) -> Result<Value, ApiError> 
         "vm.shutdown" => graceful(vm, ics_opt, body(req)?, ShutdownKind::PowerOff),
         "vm.reboot" => graceful(vm, ics_opt, body(req)?, ShutdownKind::Reboot),
         "vm.add-disk" | "vm.remove-disk" => disk(t.storage.as_deref(), name, req),
+        "net" => Ok(json!(t.net.iter().map(nic_info).collect::<Vec<_>>())),
+        "net.link" => net_link(&t.net, body(req)?),
         "ic" => to_value(&ics(ics_opt)?.status()),
         "ic.heartbeat" => to_value(&ics(ics_opt)?.heartbeat()),
         "kvp.get" | "kvp.set" | "kvp.delete" | "kvp.enumerate" => {
@@ -342,6 +350,8 @@ const ENDPOINTS: &[&str] = &[
     "vm.reboot",
     "vm.add-disk",
     "vm.remove-disk",
+    "net",
+    "net.link",
     "ic",
     "ic.heartbeat",
     "kvp.get",
@@ -561,6 +571,48 @@ fn storage_error(e: StorageError) -> ApiError {
         StorageError::Thread(_) => ApiError::internal(m),
         _ => ApiError::bad_request(m),
     }
+}
+
+/// Body of `net.link`: which NIC (name, e.g. "net0"; default: the only
+/// one) and the state.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NetLinkBody {
+    nic: Option<String>,
+    up: Option<bool>,
+}
+
+fn nic_info(n: &Arc<crate::net::Nic>) -> Value {
+    json!({
+        "name": n.name(),
+        "mac": n.mac().to_string(),
+        "mtu": n.mtu(),
+        "backend": n.backend(),
+        "link_up": n.link_up(),
+        "stats": n.stats(),
+    })
+}
+
+/// Set a NIC's link up or down (the guest gets a media connect/disconnect
+/// indication).
+fn net_link(nics: &[Arc<crate::net::Nic>], b: NetLinkBody) -> Result<Value, ApiError> {
+    if nics.is_empty() {
+        return Err(ApiError::not_supported(
+            "not supported: no NIC (start the partition with --net tap=NAME or --net switch=NAME)",
+        ));
+    }
+    let up =
+        b.up.ok_or_else(|| ApiError::bad_request("up (true or false) is required"))?;
+    let nic = match &b.nic {
+        Some(name) => nics
+            .iter()
+            .find(|n| n.name() == name)
+            .ok_or_else(|| ApiError::not_found(format!("no NIC {name:?}")))?,
+        None if nics.len() == 1 => &nics[0],
+        None => return Err(ApiError::bad_request("nic is required (more than one NIC)")),
+    };
+    nic.set_link(up);
+    Ok(nic_info(nic))
 }
 
 /// Disk hot-add/remove on the synthetic SCSI controller (the guest is told

@@ -64,6 +64,7 @@ fn routing_and_error_replies() {
         vm: vm.clone(),
         ics: None,
         storage: None,
+        net: Vec::new(),
     };
     let h = |r: Request| handle_request(&targets, &r);
     // Wait for the pretend partition to run.
@@ -186,6 +187,7 @@ fn bad_argument_replies_name_the_problem() {
         vm: vm.clone(),
         ics: Some(ics.clone()),
         storage: None,
+        net: Vec::new(),
     };
     let h = |r: Request| handle_request(&targets, &r);
     let cases = [
@@ -450,6 +452,7 @@ fn disks_hot_add_and_remove_on_the_storage_controller() {
         vm: vm.clone(),
         ics: None,
         storage: Some(StorageController::new(cfg).unwrap()),
+        net: Vec::new(),
     };
     let h = |r: Request| handle_request(&targets, &r);
     let img = socket_path().with_extension("img");

@@ -8,12 +8,15 @@
 //! - [`tap`]: a Linux TAP device backend;
 //! - [`switch`]: an in-VMM learning L2 switch whose ports are NICs of guests
 //!   in this process, or ports a test/benchmark drives directly;
+//! - [`spec`]: `--net tap=NAME|switch=NAME[,mac=..][,mtu=..]` and building
+//!   a partition's NICs;
 //! - [`netns`]: a network namespace a test owns, for TAP tests that never
 //!   touch the host's network.
 
 pub mod backend;
 pub mod netns;
 pub mod netvsp;
+pub mod spec;
 pub mod switch;
 pub mod tap;
 pub mod trace;
@@ -21,6 +24,7 @@ pub mod trace;
 pub use backend::{BackendError, CollectSink, FrameBackend, FrameSink, MacAddr};
 pub use netns::{NetnsError, TestNetns};
 pub use netvsp::{net_instance_id, NetChannel, NetStats, Nic, NicConfig, NicError, NET_CLASS_ID};
+pub use spec::{build_nics, NetBackendSpec, NetError, NetSpec};
 pub use switch::{Switch, SwitchPort, SwitchRegistry, SwitchStats};
 pub use tap::{TapBackend, TapError};
 

@@ -12,6 +12,7 @@ use super::error::VmmError;
 use super::irq::{KvmGuestTsc, MsiInterruptSink};
 use crate::hv;
 use crate::ic::{HostIcs, IcConfig};
+use crate::net::Nic;
 use crate::storage::StorageController;
 use crate::vmbus::echo::EchoVsp;
 use crate::vmbus::{TraceWriter, VmbusOptions, VmbusServer, VmbusStats};
@@ -78,6 +79,11 @@ pub trait HvPort: Send + Sync {
     /// control API hot-adds and removes disks through it).
     fn storage(&self) -> Option<Arc<StorageController>> {
         None
+    }
+    /// The synthetic NICs (netvsp), in offer order (the control API sets
+    /// their link state).
+    fn nics(&self) -> Vec<Arc<Nic>> {
+        Vec::new()
     }
     /// The host integration components, when the partition has them (the
     /// control API drives them).
@@ -243,6 +249,7 @@ pub struct HyperVWithVmbus {
     hv: Arc<hv::Hypervisor>,
     vmbus: Arc<VmbusServer>,
     storage: Option<Arc<StorageController>>,
+    nics: Vec<Arc<Nic>>,
     ics: HostIcs,
 }
 
@@ -295,6 +302,9 @@ impl HvPort for HyperVWithVmbus {
     fn storage(&self) -> Option<Arc<StorageController>> {
         self.storage.clone()
     }
+    fn nics(&self) -> Vec<Arc<Nic>> {
+        self.nics.clone()
+    }
     fn ics(&self) -> Option<HostIcs> {
         Some(self.ics.clone())
     }
@@ -321,6 +331,9 @@ pub struct VmbusPartitionOptions {
     /// The synthetic SCSI controller (storvsp, class
     /// ba6163d9-04a1-4d29-b605-72e2ffb1dc7f), offered when given.
     pub storage: Option<Arc<StorageController>>,
+    /// Synthetic NICs (netvsp, class f8615163-df3e-46c5-913f-f2d2f965ed0e),
+    /// each offered as its own device, in this order.
+    pub net: Vec<Arc<Nic>>,
     /// The bundled test guest's extras: the host test services (hypercall
     /// test codes) and the echo test device (docs/ARCHITECTURE.md, "VMBus
     /// test device"). Off for guests nobody here wrote (Linux), whose bus
@@ -372,6 +385,11 @@ pub fn hyperv_with_vmbus(opts: VmbusPartitionOptions) -> HvFactory {
                 .add_device(storage.vsp())
                 .map_err(|e| VmmError::Hv(format!("VMBus storage controller: {e}")))?;
         }
+        for nic in &opts.net {
+            vmbus
+                .add_device(nic.vsp())
+                .map_err(|e| VmmError::Hv(format!("VMBus NIC {}: {e}", nic.name())))?;
+        }
         let clock = Arc::downgrade(&h);
         let mut ic_cfg = IcConfig::new(Arc::new(move || {
             clock.upgrade().map_or(0, |h| h.reference_time())
@@ -387,6 +405,7 @@ pub fn hyperv_with_vmbus(opts: VmbusPartitionOptions) -> HvFactory {
             vmbus,
             ics,
             storage: opts.storage.clone(),
+            nics: opts.net.clone(),
         }) as Arc<dyn HvPort>)
     })
 }
