@@ -20,6 +20,9 @@
 //!   bring-up, reserves send-buffer sections for frames, validates every transfer-page range
 //!   and the RNDIS message inside, and queues the completions that hand receive buffer space
 //!   back to the host. It allocates nothing: capacities are const generics.
+//! - **The glue** ([`device`]): the client over a `vmbus_guest::channel::Channel` and the
+//!   guest pages of the buffers, with blocking helpers (`open`, `mac`, `mtu`, `link_up`,
+//!   `transmit`, `receive`/`poll`) and, with the `smoltcp` feature, a `smoltcp::phy::Device`.
 //!
 //! The host is untrusted: every length, offset, section and transfer-page range it sends is
 //! validated, and a bad one is an error, never a panic.
@@ -27,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod device;
 pub mod nvsp;
 pub mod offload;
 pub mod rndis;
