@@ -475,8 +475,14 @@ mod tests {
     /// An ELF64 with one PT_LOAD at 16 MiB (entry there), a PT_NOTE "Linux"
     /// note, and a .symtab with one function `startup_64` at the entry.
     pub(crate) fn fake_vmlinux(with_note: bool) -> Vec<u8> {
+        fake_vmlinux_with(&[0xF4; 16], with_note) // hlt
+    }
+
+    /// [`fake_vmlinux`] with `code` (at most 16 bytes) at the entry point.
+    pub(crate) fn fake_vmlinux_with(code_in: &[u8], with_note: bool) -> Vec<u8> {
         let entry = 0x100_0000u64;
-        let code = [0xF4u8; 16]; // hlt
+        let mut code = [0xF4u8; 16];
+        code[..code_in.len()].copy_from_slice(code_in);
         let mut note = Vec::new();
         note.extend_from_slice(&6u32.to_le_bytes()); // namesz "Linux\0"
         note.extend_from_slice(&4u32.to_le_bytes()); // descsz
@@ -665,5 +671,71 @@ mod tests {
         assert!(load(&mem, size, 1, &fake_vmlinux(true), &cfg).is_err());
         let cfg = LinuxBoot::default();
         assert!(load(&mem, size, 1, &fake_vmlinux(false), &cfg).is_err());
+    }
+
+    /// Boots `code` as a "vmlinux" on KVM (1 vCPU, no Hyper-V) and returns how the run ended.
+    fn boot(code: &[u8]) -> crate::vmm::RunEnd {
+        assert!(
+            std::path::Path::new("/dev/kvm").exists(),
+            "/dev/kvm is absent: the Linux entry tests need KVM"
+        );
+        let mut cfg = crate::vmm::VmConfig::new(fake_vmlinux_with(code, true));
+        cfg.memory = 64 << 20;
+        cfg.serial = crate::vmm::SerialOutput::Null;
+        cfg.timeout = Some(std::time::Duration::from_secs(60));
+        cfg.hv = crate::vmm::hv_glue::no_hyperv();
+        cfg.expected_checks.clear();
+        cfg.linux = Some(LinuxBoot::default());
+        crate::vmm::run(cfg).expect("partition").end
+    }
+
+    #[test]
+    fn entry_state_is_the_64bit_boot_protocol() {
+        use crate::vmm::RunEnd;
+        // mov %esi,%eax; out %eax,$0xF4: RSI must be the zero page.
+        assert_eq!(
+            boot(&[0x89, 0xF0, 0xE7, 0xF4]),
+            RunEnd::DebugExit {
+                code: ZERO_PAGE_ADDR as u32,
+                vp: 0
+            }
+        );
+        // mov %cs,%eax; out %eax,$0xF4: CS must be __BOOT_CS.
+        assert_eq!(
+            boot(&[0x8C, 0xC8, 0xE7, 0xF4]),
+            RunEnd::DebugExit {
+                code: u32::from(BOOT_CS),
+                vp: 0
+            }
+        );
+        // mov %ds,%eax; out %eax,$0xF4: data segments are __BOOT_DS.
+        assert_eq!(
+            boot(&[0x8C, 0xD8, 0xE7, 0xF4]),
+            RunEnd::DebugExit {
+                code: u32::from(BOOT_DS),
+                vp: 0
+            }
+        );
+    }
+
+    #[test]
+    fn acpi_s5_write_powers_off_and_i8042_reset_resets() {
+        use crate::vmm::RunEnd;
+        // mov $0x34,%al (SLP_TYP 5 | SLP_EN); mov $0x3C0,%dx; out %al,(%dx); hlt
+        assert_eq!(
+            boot(&[0xB0, 0x34, 0x66, 0xBA, 0xC0, 0x03, 0xEE, 0xF4]),
+            RunEnd::PoweredOff { vp: 0 }
+        );
+        // mov $0xFE,%al; out %al,$0x64; hlt
+        assert_eq!(
+            boot(&[0xB0, 0xFE, 0xE6, 0x64, 0xF4]),
+            RunEnd::Reset { vp: 0 }
+        );
+        // SLP_EN with another sleep type is ignored: the guest goes on to exit with 7.
+        // mov $0x2C,%al; mov $0x3C0,%dx; out %al,(%dx); mov $7,%al; out %al,$0xF4
+        assert_eq!(
+            boot(&[0xB0, 0x2C, 0x66, 0xBA, 0xC0, 0x03, 0xEE, 0xB0, 0x07, 0xE6, 0xF4]),
+            RunEnd::DebugExit { code: 7, vp: 0 }
+        );
     }
 }
