@@ -403,8 +403,20 @@ impl Shared {
     }
 
     fn wire_version(&self) -> ProtocolVersion {
-        // Before negotiation Linux sends and expects the pre-Win8 size.
-        lock(&self.version).unwrap_or(ProtocolVersion::WIN7)
+        self.wire_version_for(0)
+    }
+
+    /// The reply size for a request of `request_len` bytes: the negotiated
+    /// version's, or before negotiation the request's own size. Linux 6.x
+    /// sends full 64-byte packets from BEGIN_INITIALIZATION on and drops any
+    /// completion shorter than that ("Invalid pkt ... minlen=64"), while a
+    /// Win7-era guest sends and expects 48.
+    fn wire_version_for(&self, request_len: usize) -> ProtocolVersion {
+        lock(&self.version).unwrap_or(if request_len >= vsc_storage::vstor::VSTOR_PACKET_SIZE {
+            ProtocolVersion::WIN8
+        } else {
+            ProtocolVersion::WIN7
+        })
     }
 
     /// Send what waits on `c`; true if something is still waiting.
@@ -512,9 +524,15 @@ impl StorVsp {
         ch.send(&OutgoingPacket::completion(tid, &parts))
     }
 
-    fn control(&mut self, ch: &ChannelHandle, tid: u64, req: VstorPacket) -> Result<(), SendError> {
+    fn control(
+        &mut self,
+        ch: &ChannelHandle,
+        tid: u64,
+        req: VstorPacket,
+        request_len: usize,
+    ) -> Result<(), SendError> {
         let s = Arc::clone(&self.shared);
-        let wire = s.wire_version();
+        let wire = s.wire_version_for(request_len);
         let phase = *lock(&s.phase);
         let mut out = VstorPacket::default();
         match req.operation {
@@ -821,7 +839,7 @@ impl Vsp for StorVsp {
             Err(e) => {
                 tracing::warn!(relid = ch.relid(), error = %e, "storvsp: short packet");
                 self.shared.counters.rejected.fetch_add(1, Ordering::SeqCst);
-                let wire = self.shared.wire_version();
+                let wire = self.shared.wire_version_for(packet.payload().len());
                 return self.reply(
                     ch,
                     tid,
@@ -837,7 +855,7 @@ impl Vsp for StorVsp {
         if req.operation == Operation::EXECUTE_SRB {
             self.execute_srb(ch, packet, tid, req)
         } else {
-            self.control(ch, tid, req)
+            self.control(ch, tid, req, packet.payload().len())
         }
     }
 

@@ -1353,6 +1353,58 @@ fn vsc_storage_client_against_storvsp() {
     std::fs::remove_file(img).ok();
 }
 
+/// Linux 6.x sends 64-byte packets before any version is negotiated and
+/// drops completions shorter than 64 bytes ("Invalid pkt ... minlen=64"):
+/// init-phase replies take the request's size; a 48-byte request still gets 48.
+#[test]
+fn pre_negotiation_replies_match_the_request_size() {
+    let ctrl = controller();
+    let g = Guest::new(Arc::clone(&ctrl));
+    let offers = g.offers();
+    let mut ch = g.open(&offers[0], 8, 8);
+    let reply_len = |ch: &mut Ch| {
+        let end = Instant::now() + WAIT;
+        loop {
+            if let Some(v) = ch.rx.try_read_packet(&mut ch.buf).unwrap() {
+                let n = v.payload().len();
+                if ch.rx.commit().unwrap().needed() {
+                    g.signal(ch);
+                }
+                return n;
+            }
+            assert!(Instant::now() < end, "no completion");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    };
+    let begin = VstorPacket::request(Operation::BEGIN_INITIALIZATION);
+    g.send(&mut ch, INIT_TRANSACTION_ID, &begin, Some(V), None);
+    assert_eq!(
+        reply_len(&mut ch),
+        64,
+        "Linux-style 64-byte BEGIN_INITIALIZATION"
+    );
+    g.send(
+        &mut ch,
+        INIT_TRANSACTION_ID,
+        &begin,
+        Some(ProtocolVersion::WIN7),
+        None,
+    );
+    assert_eq!(
+        reply_len(&mut ch),
+        48,
+        "Win7-style 48-byte BEGIN_INITIALIZATION"
+    );
+    g.send(
+        &mut ch,
+        INIT_TRANSACTION_ID,
+        &VstorPacket::query_version(V),
+        Some(V),
+        None,
+    );
+    assert_eq!(reply_len(&mut ch), 64);
+}
+
 /// A Win7-era guest (protocol 4.2): 48-byte packets both ways, 18-byte
 /// sense, no multi-channel.
 #[test]
