@@ -101,6 +101,16 @@ enum BenchCmd {
         #[arg(long, default_value = "target/bench/ring.json")]
         json: PathBuf,
     },
+    /// Guest frames through netvsp to a TAP device (in a private network namespace) and guest to
+    /// guest over the in-VMM switch, vs writing the same frames to the TAP directly.
+    Net {
+        /// Frames per side and size.
+        #[arg(long, default_value_t = 100_000)]
+        frames: u64,
+        /// Where to write the JSON result.
+        #[arg(long, default_value = "target/bench/net.json")]
+        json: PathBuf,
+    },
     /// Storage reads (4 KiB random, 1 MiB sequential) through the whole stack (storvsc, VMBus,
     /// storvsp, file) vs pread on the same file, at queue depths 1, 8, 32, 64.
     Storage {
@@ -456,6 +466,37 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("host-test-vmm bench: {e}");
                     ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::Bench {
+            which: BenchCmd::Net { frames, json },
+        } => {
+            let cfg = host_test_vmm::bench::NetBenchConfig {
+                frames,
+                ..Default::default()
+            };
+            return match host_test_vmm::bench::net_throughput(&cfg) {
+                Ok(r) => {
+                    print!("{}", r.to_table());
+                    let text = serde_json::to_string_pretty(&r).unwrap_or_default();
+                    if let Some(dir) = json.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    match std::fs::write(&json, text) {
+                        Ok(()) => {
+                            println!("JSON: {}", json.display());
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("error: writing {}: {e}", json.display());
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: bench net: {e}");
+                    ExitCode::FAILURE
                 }
             };
         }
