@@ -738,4 +738,31 @@ mod tests {
             RunEnd::DebugExit { code: 7, vp: 0 }
         );
     }
+
+    #[test]
+    fn fwait_never_stops_a_run() {
+        // fwait; mov $5,%al; out %al,$0xF4. PVM cannot emulate fwait at CPL0 (Linux's
+        // fpu__drop runs it): the assist skips it. Elsewhere it runs natively.
+        assert_eq!(
+            boot(&[0x9B, 0xB0, 0x05, 0xE6, 0xF4]),
+            crate::vmm::RunEnd::DebugExit { code: 5, vp: 0 }
+        );
+    }
+
+    #[test]
+    fn an_unemulated_instruction_names_rip_bytes_and_symbol() {
+        use crate::vmm::RunEnd;
+        // popcnt %rax,%rax; xor %eax,%eax; out %al,$0xF4
+        match boot(&[0xF3, 0x48, 0x0F, 0xB8, 0xC0, 0x31, 0xC0, 0xE6, 0xF4]) {
+            RunEnd::Error { message, .. } => {
+                assert!(message.contains("RIP 0x1000000"), "{message}");
+                assert!(message.contains("(startup_64+0x0/0x10)"), "{message}");
+                assert!(message.contains("f3 48 0f b8 c0"), "{message}");
+            }
+            RunEnd::DebugExit { code: 0, .. } => {
+                eprintln!("popcnt ran natively: not a PVM host");
+            }
+            other => panic!("unexpected end {other:?}"),
+        }
+    }
 }
