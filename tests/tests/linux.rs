@@ -338,6 +338,19 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
                 .is_some_and(|p| IC_DRIVERS.iter().all(|d| channel_opened(&*p, d)))
         },
     );
+    if let Some(stats) = b.port().and_then(|p| p.vmbus_stats()) {
+        let opened: Vec<String> = stats
+            .channels
+            .values()
+            .map(|c| format!("{} (opens {})", c.device, c.opens))
+            .collect();
+        eprintln!(
+            "VMBus {}: offers {}, channels: {}",
+            stats.version.as_deref().unwrap_or("?"),
+            stats.offers_sent,
+            opened.join(", ")
+        );
+    }
     b.step("the kernel runs /sbin/init", BOOT_LIMIT, |_, t| {
         t.contains(RUN_INIT)
     });
