@@ -29,4 +29,6 @@ pub use switch::{Switch, SwitchPort, SwitchRegistry, SwitchStats};
 pub use tap::{TapBackend, TapError};
 
 #[cfg(test)]
+mod inprocess_tests;
+#[cfg(test)]
 mod tests;

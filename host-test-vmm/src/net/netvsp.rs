@@ -36,7 +36,7 @@
 use super::backend::{lock, FrameBackend, FrameSink, MacAddr, ETH_HEADER};
 use crate::storage::buffer::DataBuffer;
 use crate::vmbus::trace::{Dir, TraceWriter};
-use crate::vmbus::{ChannelHandle, Gpadl, OpenRefused, OutgoingPacket, SendError, Vsp};
+use crate::vmbus::{ChannelHandle, Gpadl, GpadlLease, OpenRefused, OutgoingPacket, SendError, Vsp};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::VecDeque;
@@ -209,6 +209,11 @@ pub trait NetChannel: Send + Sync {
     fn free_space(&self) -> Result<usize, SendError>;
     /// A GPADL of this channel.
     fn gpadl(&self, handle: u32) -> Option<Gpadl>;
+    /// A GPADL of this channel with its lease, revoked when the guest tears
+    /// it down. Channels without teardown (tests, fuzzing) need not override.
+    fn gpadl_leased(&self, handle: u32) -> Option<(Gpadl, GpadlLease)> {
+        self.gpadl(handle).map(|g| (g, GpadlLease::unrevocable()))
+    }
     /// Guest RAM.
     fn memory(&self) -> Option<GuestMemoryMmap>;
 }
@@ -226,14 +231,21 @@ impl NetChannel for ChannelHandle {
     fn gpadl(&self, handle: u32) -> Option<Gpadl> {
         ChannelHandle::gpadl(self, handle)
     }
+    fn gpadl_leased(&self, handle: u32) -> Option<(Gpadl, GpadlLease)> {
+        ChannelHandle::gpadl_leased(self, handle)
+    }
     fn memory(&self) -> Option<GuestMemoryMmap> {
         ChannelHandle::memory(self)
     }
 }
 
-/// The guest's receive buffer, carved into sub-allocations.
+/// The guest's receive buffer, carved into sub-allocations. The pages are
+/// touched only under `lease`: a guest that tears the GPADL down without
+/// revoking the buffer first (Linux always revokes first, fact sheet §9.2)
+/// gets the buffer dropped, never writes into pages it took back.
 struct RecvBuf {
     gpadl: Arc<Gpadl>,
+    lease: GpadlLease,
     id: u16,
     section_size: u32,
     count: u32,
@@ -241,9 +253,10 @@ struct RecvBuf {
     in_use: Vec<bool>,
 }
 
-/// The guest's send buffer.
+/// The guest's send buffer (read only under `lease`, as the receive buffer).
 struct SendBuf {
     gpadl: Arc<Gpadl>,
+    lease: GpadlLease,
     id: u16,
     count: u32,
 }
@@ -510,6 +523,24 @@ impl Shared {
         }
     }
 
+    /// The guest tore down a buffer's GPADL without revoking the buffer:
+    /// drop the buffer (nothing more goes into or comes out of those pages)
+    /// and count it as a protocol error.
+    fn buffer_torn_down(&self, st: &mut State, which: &str) {
+        inc(&self.counters.protocol_errors);
+        tracing::warn!(
+            nic = %self.cfg.name,
+            which,
+            "netvsp: the guest tore down the {which} buffer's GPADL without revoking the buffer first; buffer dropped"
+        );
+        if which == "receive" {
+            st.rx = None;
+            st.control_queue.clear();
+        } else {
+            st.tx = None;
+        }
+    }
+
     /// Send (or queue) an RNDIS control message to the guest.
     fn queue_control(&self, st: &mut State, msg: Vec<u8>) {
         if st.control_queue.len() >= MAX_QUEUED_CONTROL {
@@ -573,13 +604,24 @@ impl Shared {
         }
         let section = rx.free.pop().ok_or(RxError::NoBuffer)?;
         let offset = u64::from(section) * u64::from(rx.section_size);
-        let mut at = offset;
-        for p in parts {
-            if !rx.gpadl.write(mem, at, p) {
+        let written = rx.lease.with(|| {
+            let mut at = offset;
+            parts.iter().all(|p| {
+                let ok = rx.gpadl.write(mem, at, p);
+                at += p.len() as u64;
+                ok
+            })
+        });
+        match written {
+            Some(true) => {}
+            Some(false) => {
                 rx.free.push(section);
                 return Err(RxError::Memory);
             }
-            at += p.len() as u64;
+            None => {
+                self.buffer_torn_down(st, "receive");
+                return Err(RxError::TornDown);
+            }
         }
         let range = TransferPageRange {
             byte_count: len as u32,
@@ -849,7 +891,9 @@ impl Shared {
         if st.rx.is_some() {
             return Err("a receive buffer is already set");
         }
-        let g = ch.gpadl(handle).ok_or("no such GPADL on this channel")?;
+        let (g, lease) = ch
+            .gpadl_leased(handle)
+            .ok_or("no such GPADL on this channel")?;
         let size = rx_section_size(self.cfg.mtu);
         let count = (g.byte_len() / u64::from(size)).min(u64::from(MAX_RX_SECTIONS)) as u32;
         if count == 0 {
@@ -857,6 +901,7 @@ impl Shared {
         }
         st.rx = Some(RecvBuf {
             gpadl: Arc::new(g),
+            lease,
             id,
             section_size: size,
             count,
@@ -885,13 +930,16 @@ impl Shared {
         if st.tx.is_some() {
             return Err("a send buffer is already set");
         }
-        let g = ch.gpadl(handle).ok_or("no such GPADL on this channel")?;
+        let (g, lease) = ch
+            .gpadl_leased(handle)
+            .ok_or("no such GPADL on this channel")?;
         let count = (g.byte_len() / u64::from(SEND_SECTION_SIZE)).min(u64::from(u32::MAX)) as u32;
         if count == 0 {
             return Err("buffer smaller than one section");
         }
         st.tx = Some(SendBuf {
             gpadl: Arc::new(g),
+            lease,
             id,
             count,
         });
@@ -912,7 +960,9 @@ impl Shared {
                 return Status::FAIL;
             }
             (
-                st.tx.as_ref().map(|t| (Arc::clone(&t.gpadl), t.count)),
+                st.tx
+                    .as_ref()
+                    .map(|t| (Arc::clone(&t.gpadl), t.lease.clone(), t.count)),
                 st.mem.clone(),
             )
         };
@@ -921,7 +971,7 @@ impl Shared {
         };
         scratch.clear();
         if p.send_buffer_section_index != nvsp::NO_SECTION {
-            let Some((g, count)) = tx else {
+            let Some((g, lease, count)) = tx else {
                 return Status::FAIL;
             };
             let len = p.send_buffer_section_size;
@@ -930,8 +980,17 @@ impl Shared {
             }
             scratch.resize(len as usize, 0);
             let off = u64::from(p.send_buffer_section_index) * u64::from(SEND_SECTION_SIZE);
-            if !g.read(&mem, off, scratch) {
-                return Status::FAIL;
+            match lease.with(|| g.read(&mem, off, scratch)) {
+                Some(true) => {}
+                Some(false) => return Status::FAIL,
+                None => {
+                    let mut st = lock(&self.st);
+                    // Only if it is still that buffer (a new one may be set).
+                    if st.tx.as_ref().is_some_and(|t| Arc::ptr_eq(&t.gpadl, &g)) {
+                        self.buffer_torn_down(&mut st, "send");
+                    }
+                    return Status::FAIL;
+                }
             }
         }
         if packet.packet_type() == PacketType::DATA_USING_GPA_DIRECT {
@@ -1163,6 +1222,8 @@ impl Shared {
 
 #[derive(Debug)]
 enum RxError {
+    /// The receive buffer's GPADL was torn down (the buffer is dropped).
+    TornDown,
     NoChannel,
     NoBuffer,
     RingFull,

@@ -1,7 +1,7 @@
 //! A channel's runtime side: the device, its rings, and the handle a device
 //! sends through.
 
-use super::gpadl::Gpadl;
+use super::gpadl::{Gpadl, GpadlLease};
 use super::ring::HostRings;
 use super::server::{lock, Inner, Work};
 use super::vsp::{SendError, Vsp};
@@ -240,6 +240,14 @@ impl ChannelHandle {
         let server = self.server.upgrade()?;
         let g = lock(&server.gpadls).get(handle).cloned()?;
         (g.relid == self.rt.relid).then_some(g)
+    }
+
+    /// [`Self::gpadl`] with its lease, which is revoked when the guest tears
+    /// the GPADL down (a device keeping a buffer checks it on every access).
+    pub fn gpadl_leased(&self, handle: u32) -> Option<(Gpadl, GpadlLease)> {
+        let server = self.server.upgrade()?;
+        let (g, l) = lock(&server.gpadls).get_leased(handle)?;
+        (g.relid == self.rt.relid).then_some((g, l))
     }
 
     /// Read `buf.len()` bytes at byte `offset` of this channel's GPADL

@@ -8,6 +8,7 @@
 //! is accepted.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmbus_guest::packet::GpaRanges;
 
@@ -182,6 +183,37 @@ pub fn pfn_in_ram(mem: &GuestMemoryMmap, pfn: u64) -> bool {
         .is_ok_and(|s| s.len() == PAGE_SIZE as usize)
 }
 
+/// Whether a GPADL is still established, shared by every holder of a copy
+/// (a device keeping a receive or send buffer). Teardown revokes it under
+/// the write lock before GpadlTorndown goes out, and users touch the pages
+/// only inside [`GpadlLease::with`] (under the read lock), so no host write
+/// can land in pages the guest got back and may have reused.
+#[derive(Debug, Clone)]
+pub struct GpadlLease(Arc<RwLock<bool>>);
+
+impl GpadlLease {
+    /// A lease that is never revoked (GPADLs made up by tests and fuzzers).
+    pub fn unrevocable() -> Self {
+        Self(Arc::new(RwLock::new(true)))
+    }
+
+    /// Runs `f` if the GPADL is still established (teardown waits for it);
+    /// `None` once it was torn down.
+    pub fn with<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let live = self.0.read().unwrap_or_else(|e| e.into_inner());
+        (*live).then(f)
+    }
+
+    /// Whether the GPADL is still established.
+    pub fn is_live(&self) -> bool {
+        *self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn revoke(&self) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+}
+
 /// A GPADL whose range list has not fully arrived.
 #[derive(Debug)]
 struct Pending {
@@ -196,6 +228,8 @@ struct Pending {
 pub struct GpadlTable {
     pending: HashMap<u32, Pending>,
     created: HashMap<u32, Gpadl>,
+    /// One per created GPADL; revoked when it goes.
+    leases: HashMap<u32, GpadlLease>,
     /// PFNs held by `created`.
     total_pfns: usize,
 }
@@ -228,6 +262,13 @@ impl GpadlTable {
     /// A created GPADL.
     pub fn get(&self, handle: u32) -> Option<&Gpadl> {
         self.created.get(&handle)
+    }
+
+    /// A created GPADL with its lease (revoked when the GPADL goes).
+    pub fn get_leased(&self, handle: u32) -> Option<(Gpadl, GpadlLease)> {
+        let g = self.created.get(&handle)?.clone();
+        let l = self.leases.get(&handle)?.clone();
+        Some((g, l))
     }
 
     /// The relid a pending GPADL was announced for.
@@ -326,6 +367,7 @@ impl GpadlTable {
             }
         }
         self.total_pfns += pfns;
+        self.leases.insert(handle, GpadlLease::unrevocable());
         self.created.insert(
             handle,
             Gpadl {
@@ -343,6 +385,9 @@ impl GpadlTable {
             .created
             .remove(&handle)
             .ok_or(GpadlError::Unknown(handle))?;
+        if let Some(l) = self.leases.remove(&handle) {
+            l.revoke();
+        }
         self.total_pfns -= pfn_count(&g);
         Ok(g)
     }
@@ -355,10 +400,14 @@ impl GpadlTable {
     /// Drop every GPADL (created and pending) of channel `relid`.
     pub fn remove_channel(&mut self, relid: u32) {
         let mut freed = 0;
-        self.created.retain(|_, g| {
+        let leases = &mut self.leases;
+        self.created.retain(|h, g| {
             let keep = g.relid != relid;
             if !keep {
                 freed += pfn_count(g);
+                if let Some(l) = leases.remove(h) {
+                    l.revoke();
+                }
             }
             keep
         });
@@ -370,6 +419,9 @@ impl GpadlTable {
     pub fn clear(&mut self) {
         self.pending.clear();
         self.created.clear();
+        for (_, l) in self.leases.drain() {
+            l.revoke();
+        }
         self.total_pfns = 0;
     }
 }

@@ -42,7 +42,7 @@ mod vsp;
 mod tests;
 
 pub use channel::ChannelHandle;
-pub use gpadl::{Gpadl, GpadlError, GpadlRange, MAX_GPADLS};
+pub use gpadl::{Gpadl, GpadlError, GpadlLease, GpadlRange, MAX_GPADLS};
 pub use ring::GuestRingMemory;
 pub use server::{
     event_connection_id, ChannelInfo, EVENT_CONNECTION_BASE, MSG_CONN_ID, STATUS_FAILURE,
