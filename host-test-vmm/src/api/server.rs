@@ -268,8 +268,8 @@ pub fn handle_request(t: &ApiTargets, req: &Request) -> Result<Value, ApiError> 
         )));
     };
     let get = match (name, req.method.as_str()) {
-        ("vm.info" | "ic" | "ic.heartbeat", "GET") => true,
-        ("vm.info" | "ic" | "ic.heartbeat", _) => {
+        ("vm.info" | "ic" | "ic.heartbeat" | "net", "GET") => true,
+        ("vm.info" | "ic" | "ic.heartbeat" | "net", _) => {
             return Err(ApiError::method(format!("{name} takes GET")))
         }
         (_, "PUT") => false,

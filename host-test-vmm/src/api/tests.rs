@@ -503,3 +503,84 @@ fn disks_hot_add_and_remove_on_the_storage_controller() {
     );
     std::fs::remove_file(&img).unwrap();
 }
+
+/// `GET net` and `PUT net.link`: NIC selection, link changes reach the NIC
+/// (and its counters), and every bad request names what is wrong.
+#[test]
+fn net_link_sets_a_nics_link() {
+    use crate::net::{Nic, NicConfig, Switch};
+    use std::sync::Arc;
+    let (vm, owner) = VmHandle::new(1, 1 << 20);
+    let _t = scripted_owner(owner);
+    let sw = Switch::new("api");
+    let nic = |n: u16| Nic::new(NicConfig::numbered(n), Arc::new(sw.port("p"))).unwrap();
+    let (n0, n1) = (nic(0), nic(1));
+
+    // No NIC: not supported, with the flag that adds one.
+    let none = ApiTargets {
+        vm: vm.clone(),
+        ics: None,
+        storage: None,
+        net: Vec::new(),
+    };
+    let e = handle_request(&none, &req("PUT", "net.link", json!({"up": false}))).unwrap_err();
+    assert_eq!(e.status, 501, "{}", e.message);
+    assert!(e.message.contains("--net"), "{}", e.message);
+    assert_eq!(
+        handle_request(&none, &req("GET", "net", Value::Null)).unwrap(),
+        json!([])
+    );
+
+    // One NIC: `nic` may be left out.
+    let one = ApiTargets {
+        net: vec![Arc::clone(&n0)],
+        ..none
+    };
+    let h = |r: Request| handle_request(&one, &r);
+    let r = h(req("PUT", "net.link", json!({"up": false}))).unwrap();
+    assert_eq!(r["name"], "net0");
+    assert_eq!(r["link_up"], false);
+    assert!(!n0.link_up());
+    assert_eq!(
+        h(req("GET", "net", Value::Null)).unwrap()[0]["link_up"],
+        false
+    );
+    let r = h(req("PUT", "net.link", json!({"nic": "net0", "up": true}))).unwrap();
+    assert_eq!(r["link_up"], true);
+    assert_eq!(r["stats"]["link_up"], true);
+    assert!(n0.link_up());
+    // Bad requests.
+    let e = h(req("PUT", "net.link", json!({}))).unwrap_err();
+    assert_eq!(e.status, 400);
+    assert!(e.message.contains("up"), "{}", e.message);
+    let e = h(req("PUT", "net.link", json!({"up": "down"}))).unwrap_err();
+    assert_eq!(e.status, 400, "{}", e.message);
+    let e = h(req("PUT", "net.link", json!({"up": true, "speed": 10}))).unwrap_err();
+    assert_eq!(e.status, 400, "{}", e.message);
+    let e = h(req("PUT", "net.link", json!({"nic": "net7", "up": true}))).unwrap_err();
+    assert_eq!(e.status, 404);
+    assert!(e.message.contains("net7"), "{}", e.message);
+    assert_eq!(
+        h(req("GET", "net.link", Value::Null)).unwrap_err().status,
+        405
+    );
+
+    // Two NICs: `nic` is required and only the named one changes.
+    let two = ApiTargets {
+        net: vec![Arc::clone(&n0), Arc::clone(&n1)],
+        ..one
+    };
+    let e = handle_request(&two, &req("PUT", "net.link", json!({"up": false}))).unwrap_err();
+    assert_eq!(e.status, 400);
+    assert!(e.message.contains("nic is required"), "{}", e.message);
+    let r = handle_request(
+        &two,
+        &req("PUT", "net.link", json!({"nic": "net1", "up": false})),
+    )
+    .unwrap();
+    assert_eq!(r["name"], "net1");
+    assert!(!n1.link_up() && n0.link_up());
+    let all = handle_request(&two, &req("GET", "net", Value::Null)).unwrap();
+    assert_eq!(all[0]["link_up"], true);
+    assert_eq!(all[1]["link_up"], false);
+}
