@@ -15,18 +15,43 @@
 //! not measured here; the table shows host->guest packets per frame.
 //!
 //! **Direct.** The same frames written with `write(2)` to the same TAP fd.
+//!
+//! **Ring level** (sides named `ring: ...`): the whole stack. The guest is
+//! vsc-net's `NetDevice` over vmbus-guest's VMBus driver, hypercalls and
+//! SynIC of an in-process partition ([`InProcess`]); rings, receive and
+//! send buffers are guest RAM behind real GPADLs, and every frame travels as
+//! a SEND_RNDIS_PACKET through the [`VmbusServer`] worker to the real
+//! netvsp, then to the TAP (`ring: vsc-net->tap`) or over the switch into
+//! another NIC's receive buffer and that guest device's poll
+//! (`ring: vsc-net->switch->vsc-net`). The guest polls (it never sleeps
+//! on the interrupt), so notifications are what the ring protocol asks
+//! for: guest->host = HvSignalEvent calls the server counted on the
+//! channels involved, host->guest = channel signals (interrupts) the server
+//! raised, each per frame. The `ratio` column is frames/s over the direct
+//! TAP writes of the same size in the same run.
 
+use crate::hv::inprocess::InProcess;
 use crate::net::backend::{FrameBackend, MacAddr};
 use crate::net::netns::TestNetns;
 use crate::net::switch::Switch;
 use crate::net::{NetChannel, Nic, NicConfig};
-use crate::vmbus::{Gpadl, GpadlRange, OutgoingPacket, SendError};
+use crate::vmbus::{Gpadl, GpadlRange, OutgoingPacket, SendError, VmbusOptions, VmbusServer};
+use hypercall::hv::{Hypervisor as GuestHv, SintConfig, SynIc};
+use hypercall::msr::GuestOsId;
+use hypercall::page::PageRef;
 use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmbus_guest::channel::Channel;
+use vmbus_guest::client::ClientConfig as BusConfig;
+use vmbus_guest::driver::VmBus;
 use vmbus_guest::packet::{PacketType, PacketView};
+use vmbus_guest::ring::PageRefRing;
+use vmbus_guest::version::VMBUS_SINT;
+use vsc_net::client::{BufferConfig, ClientConfig, TxOffload};
+use vsc_net::device::{HostSignal, NetDevice};
 use vsc_net::nvsp::{self, NvspMessage, ProtocolVersion};
 use vsc_net::rndis;
 use zerocopy::IntoBytes;
@@ -70,6 +95,12 @@ pub struct NetPoint {
     pub mbit_per_sec: f64,
     /// Host->guest packets per frame (transfer pages; 0 for TX-only sides).
     pub host_packets_per_frame: f64,
+    /// Ring sides: guest->host signals (HvSignalEvent) per frame.
+    pub guest_signals_per_frame: Option<f64>,
+    /// Ring sides: host->guest channel signals (interrupts) per frame.
+    pub host_interrupts_per_frame: Option<f64>,
+    /// Frames/s over the direct TAP writes of the same size in this run.
+    pub ratio_to_direct: Option<f64>,
     /// Frames dropped anywhere on the way.
     pub dropped: u64,
 }
@@ -279,6 +310,9 @@ fn point(
         } else {
             host_pkts as f64 / frames as f64
         },
+        guest_signals_per_frame: None,
+        host_interrupts_per_frame: None,
+        ratio_to_direct: None,
         dropped,
     }
 }
@@ -354,7 +388,7 @@ pub fn net_throughput(cfg: &NetBenchConfig) -> Result<NetBenchReport, NetBenchEr
         let secs = t.elapsed().as_secs_f64();
         let s1 = nic.stats();
         points.push(point(
-            "netvsp->tap",
+            "nvsp-level: netvsp->tap",
             size,
             s1.tx_frames - s0.tx_frames,
             secs,
@@ -386,7 +420,7 @@ pub fn net_throughput(cfg: &NetBenchConfig) -> Result<NetBenchReport, NetBenchEr
         let sb1 = gb.nic.stats();
         let sent1 = *gb.ch.sent.lock().unwrap_or_else(|e| e.into_inner());
         points.push(point(
-            "netvsp->switch->netvsp",
+            "nvsp-level: netvsp->switch->netvsp",
             size,
             sb1.rx_frames - sb0.rx_frames,
             secs,
@@ -394,45 +428,361 @@ pub fn net_throughput(cfg: &NetBenchConfig) -> Result<NetBenchReport, NetBenchEr
             sb1.rx_dropped_no_buffer - sb0.rx_dropped_no_buffer,
         ));
     }
+    points.extend(ring_points(cfg, &tap, tap_mac)?);
     drop(ns);
+    // Group by frame size (stable: direct, NVSP level, ring level).
+    points.sort_by_key(|p| p.frame_bytes);
+    let direct: Vec<(usize, f64)> = points
+        .iter()
+        .filter(|p| p.side == "direct tap")
+        .map(|p| (p.frame_bytes, p.frames_per_sec))
+        .collect();
+    for p in &mut points {
+        if let Some(&(_, d)) = direct.iter().find(|(s, _)| *s == p.frame_bytes) {
+            p.ratio_to_direct = (d > 0.0).then(|| p.frames_per_sec / d);
+        }
+    }
     Ok(NetBenchReport { points })
 }
 
 impl NetBenchReport {
     /// The table.
     pub fn to_table(&self) -> String {
+        let opt = |v: Option<f64>, w: usize| match v {
+            Some(v) => format!("{v:>w$.3}"),
+            None => format!("{:>w$}", "-"),
+        };
         let mut s = format!(
-            "{:<26} {:>6} {:>10} {:>12} {:>10} {:>14} {:>8}\n",
-            "side", "bytes", "frames", "frames/s", "Mbit/s", "h2g pkt/frame", "dropped"
+            "{:<36} {:>6} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
+            "side",
+            "bytes",
+            "frames",
+            "frames/s",
+            "Mbit/s",
+            "g2h/frm",
+            "h2g/frm",
+            "h2g pkt",
+            "ratio",
+            "dropped"
         );
         for p in &self.points {
             s += &format!(
-                "{:<26} {:>6} {:>10} {:>12.0} {:>10.0} {:>14.2} {:>8}\n",
+                "{:<36} {:>6} {:>9} {:>11.0} {:>9.0} {} {} {:>9.2} {} {:>7}\n",
                 p.side,
                 p.frame_bytes,
                 p.frames,
                 p.frames_per_sec,
                 p.mbit_per_sec,
+                opt(p.guest_signals_per_frame, 9),
+                opt(p.host_interrupts_per_frame, 9),
                 p.host_packets_per_frame,
+                opt(p.ratio_to_direct, 7),
                 p.dropped
             );
         }
-        for size in self
-            .points
+        s += "g2h/frm: guest->host signals per frame; h2g/frm: host->guest interrupts per frame (ring sides); ratio: frames/s / direct tap\n";
+        s
+    }
+}
+
+/// Guest pages of one NIC of the ring-level sides.
+struct RingMem<'a> {
+    ring: Vec<PageRef<'a>>,
+    rx: Vec<PageRef<'a>>,
+    tx: Vec<PageRef<'a>>,
+    control: PageRef<'a>,
+    direct: PageRef<'a>,
+}
+
+const R_HYPERCALL: u64 = 0x1000;
+const R_SIMP: u64 = 0x2000;
+const R_SIEFP: u64 = 0x3000;
+const R_INPUT: u64 = 0x6000;
+const R_VECTOR: u8 = 0xF3;
+/// NIC `i`'s pages: 2 MiB from `R_NIC_BASE + 2i MiB`.
+const R_NIC_BASE: u64 = 0x20_0000;
+/// 128 KiB rings each way (Linux's netvsc uses 512 KiB; this is plenty for
+/// a polling guest).
+const R_RING_OUT: usize = 32;
+const R_RING_IN: usize = 32;
+/// 1 MiB receive buffer (630 pieces at MTU 1500).
+const R_RX_PAGES: usize = 256;
+/// 256 KiB send buffer (42 sections).
+const R_TX_PAGES: usize = 64;
+const R_RAM: usize = 8 << 20;
+const R_POLLS: u64 = 2_000_000;
+/// A side without progress for this long fails.
+const R_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn ring_mem(part: &InProcess, i: usize) -> Result<RingMem<'_>, NetBenchError> {
+    let base = R_NIC_BASE + (i as u64) * 0x20_0000;
+    let page = |gpa: u64| {
+        part.page(gpa)
+            .map_err(|e| NetBenchError::Setup(format!("guest page {gpa:#x}: {e:?}")))
+    };
+    let pages = |at: u64, n: usize| -> Result<Vec<PageRef<'_>>, NetBenchError> {
+        (0..n as u64).map(|k| page(base + at + k * 4096)).collect()
+    };
+    Ok(RingMem {
+        ring: pages(0, R_RING_OUT + R_RING_IN)?,
+        rx: pages(0x4_0000, R_RX_PAGES)?,
+        tx: pages(0x14_0000, R_TX_PAGES)?,
+        control: page(base + 0x18_0000)?,
+        direct: page(base + 0x18_1000)?,
+    })
+}
+
+/// (guest->host signals, host->guest signals) of `relids` so far.
+fn notifications(server: &VmbusServer, relids: &[u32]) -> (u64, u64) {
+    let s = server.stats();
+    relids
+        .iter()
+        .filter_map(|r| s.channels.get(r))
+        .fold((0, 0), |(g, h), c| {
+            (g + c.signals_from_guest, h + c.signals_to_guest)
+        })
+}
+
+fn ring_point(
+    side: &str,
+    size: usize,
+    frames: u64,
+    secs: f64,
+    dropped: u64,
+    (g2h, h2g): (u64, u64),
+) -> NetPoint {
+    let mut p = point(side, size, frames, secs, 0, dropped);
+    let per = |n: u64| {
+        Some(if frames == 0 {
+            0.0
+        } else {
+            n as f64 / frames as f64
+        })
+    };
+    p.guest_signals_per_frame = per(g2h);
+    p.host_interrupts_per_frame = per(h2g);
+    p
+}
+
+/// The ring-level sides: NIC 0 on the TAP, NICs 1 and 2 on a switch, all
+/// driven by vsc-net devices in one in-process guest.
+fn ring_points(
+    cfg: &NetBenchConfig,
+    tap: &Arc<crate::net::TapBackend>,
+    tap_mac: MacAddr,
+) -> Result<Vec<NetPoint>, NetBenchError> {
+    let setup = |what: &str, e: &dyn std::fmt::Debug| {
+        NetBenchError::Setup(format!("ring level: {what}: {e:?}"))
+    };
+    let part = InProcess::new(1, R_RAM).map_err(|e| setup("partition", &e))?;
+    let server = VmbusServer::new(Arc::clone(part.hv()), VmbusOptions::default())
+        .map_err(|e| setup("VMBus server", &e))?;
+    let sw = Switch::new("ringbench");
+    let macs = [
+        MacAddr([2, 0x15, 0, 0, 2, 0]),
+        MacAddr([2, 0x15, 0, 0, 2, 1]),
+        MacAddr([2, 0x15, 0, 0, 2, 2]),
+    ];
+    let mut nics = Vec::new();
+    for (i, mac) in macs.iter().enumerate() {
+        let mut c = NicConfig::numbered(10 + i as u16);
+        c.mac = *mac;
+        let backend: Arc<dyn FrameBackend> = if i == 0 {
+            tap.clone()
+        } else {
+            Arc::new(sw.port(&format!("g{i}")))
+        };
+        let nic = Nic::new(c, backend)?;
+        server
+            .add_device(nic.vsp())
+            .map_err(|e| setup("offer", &e))?;
+        nics.push(nic);
+    }
+    let vp0 = part.vp(0);
+    let page = |gpa| part.page(gpa).map_err(|e| setup("guest page", &e));
+    let hc = GuestHv::init(&vp0, GuestOsId::linux(6, 12, 0), page(R_HYPERCALL)?)
+        .map_err(|e| setup("hypercall page", &e))?;
+    let synic = SynIc::enable(
+        &vp0,
+        page(R_SIMP)?,
+        page(R_SIEFP)?,
+        &[(VMBUS_SINT, SintConfig::interrupt(R_VECTOR))],
+    )
+    .map_err(|e| setup("SynIC", &e))?;
+    let bus_cfg = BusConfig {
+        monitor_page1: 0x7000,
+        monitor_page2: 0x8000,
+        ..BusConfig::default()
+    };
+    let mut bus: VmBus<'_, _> = VmBus::new(&hc, &synic, page(R_INPUT)?, bus_cfg);
+    bus.connect(R_POLLS).map_err(|e| setup("connect", &e))?;
+    bus.wait_offers(R_POLLS).map_err(|e| setup("offers", &e))?;
+    let mems = (0..3)
+        .map(|i| ring_mem(&part, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut opened = Vec::new();
+    for (nic, mem) in nics.iter().zip(&mems) {
+        let relid = bus
+            .client()
+            .channels()
             .iter()
-            .map(|p| p.frame_bytes)
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            let get = |side: &str| {
-                self.points
-                    .iter()
-                    .find(|p| p.side == side && p.frame_bytes == size)
-                    .map(|p| p.frames_per_sec)
-            };
-            if let (Some(a), Some(d)) = (get("netvsp->tap"), get("direct tap")) {
-                s += &format!("{size} B: netvsp->tap / direct tap = {:.2}\n", a / d);
+            .find(|c| c.instance() == nic.instance_id())
+            .ok_or_else(|| NetBenchError::Setup(format!("no offer for {}", nic.name())))?
+            .relid();
+        let (ch, _) = bus
+            .open_channel(relid, &mem.ring, R_RING_OUT, 0, [0; 120], R_POLLS)
+            .map_err(|e| setup("open channel", &e))?;
+        let conn = ch.connection_id();
+        drop(ch);
+        let rx = bus
+            .create_gpadl(relid, &mem.rx, R_POLLS)
+            .map_err(|e| setup("receive buffer GPADL", &e))?;
+        let tx = bus
+            .create_gpadl(relid, &mem.tx, R_POLLS)
+            .map_err(|e| setup("send buffer GPADL", &e))?;
+        opened.push((relid, conn, rx, tx));
+    }
+    let bus = &bus;
+    let mut devs = Vec::new();
+    for (mem, &(_, conn, rx, tx)) in mems.iter().zip(&opened) {
+        let ring = |p| PageRefRing::new(p).map_err(|e| setup("ring", &e));
+        let ch: Channel<_, 1> = Channel::new(
+            ring(&mem.ring[..R_RING_OUT])?,
+            ring(&mem.ring[R_RING_OUT..])?,
+            conn,
+        )
+        .map_err(|e| setup("channel", &e))?;
+        let c = ClientConfig::new(
+            BufferConfig {
+                gpadl: rx,
+                len: (R_RX_PAGES * 4096) as u32,
+            },
+            BufferConfig {
+                gpadl: tx,
+                len: (R_TX_PAGES * 4096) as u32,
+            },
+        );
+        let dev = NetDevice::<_, _>::open(
+            ch,
+            bus,
+            c,
+            &mem.rx,
+            &mem.tx,
+            mem.control,
+            mem.direct,
+            R_POLLS,
+        )
+        .map_err(|e| setup("netvsc bring-up", &e))?;
+        devs.push(dev);
+    }
+    let relids: Vec<u32> = opened.iter().map(|o| o.0).collect();
+    let [d0, d1, d2] = &mut devs[..] else {
+        return Err(NetBenchError::Setup("three devices expected".into()));
+    };
+    // B speaks once, so the switch learns it (no flooding after).
+    d2.transmit(
+        &udp_frame(macs[1], macs[2], 60),
+        TxOffload::default(),
+        R_POLLS,
+    )
+    .map_err(|e| setup("hello", &e))?;
+    let _ = d1.receive(|_| {}, R_POLLS);
+
+    let mut points = Vec::new();
+    for &size in &cfg.sizes {
+        let size = size.clamp(60, 1514);
+        // vsc-net -> netvsp -> TAP.
+        let f = udp_frame(tap_mac, macs[0], size);
+        let s0 = nics[0].stats();
+        let n0 = notifications(&server, &relids[..1]);
+        let t = Instant::now();
+        for i in 0..cfg.frames {
+            d0.transmit(&f, TxOffload::default(), R_POLLS)
+                .map_err(|e| setup("transmit", &e))?;
+            if i % 64 == 63 {
+                // Frames the namespace sends back (ARP) and TX completions.
+                d0.poll(|_| {}).map_err(|e| setup("poll", &e))?;
             }
         }
-        s
+        drain_tx(d0, &nics[0], cfg.frames + s0.tx_frames + s0.tx_dropped)?;
+        let secs = t.elapsed().as_secs_f64();
+        let s1 = nics[0].stats();
+        let n1 = notifications(&server, &relids[..1]);
+        points.push(ring_point(
+            "ring: vsc-net->netvsp->tap",
+            size,
+            s1.tx_frames - s0.tx_frames,
+            secs,
+            s1.tx_dropped - s0.tx_dropped,
+            (n1.0 - n0.0, n1.1 - n0.1),
+        ));
+
+        // vsc-net -> switch -> vsc-net.
+        let f = udp_frame(macs[2], macs[1], size);
+        let sb0 = nics[2].stats();
+        let n0 = notifications(&server, &relids[1..]);
+        let mut got = 0u64;
+        let t = Instant::now();
+        for i in 0..cfg.frames {
+            d1.transmit(&f, TxOffload::default(), R_POLLS)
+                .map_err(|e| setup("transmit", &e))?;
+            if i % 16 == 15 {
+                d2.poll(|_| got += 1).map_err(|e| setup("poll", &e))?;
+            }
+        }
+        let mut last = (got, Instant::now());
+        loop {
+            d2.poll(|_| got += 1).map_err(|e| setup("poll", &e))?;
+            d1.poll(|_| {}).map_err(|e| setup("poll", &e))?;
+            let s = nics[2].stats();
+            if got + (s.rx_dropped_no_buffer - sb0.rx_dropped_no_buffer) >= cfg.frames {
+                break;
+            }
+            if got != last.0 {
+                last = (got, Instant::now());
+            } else if last.1.elapsed() > R_STALL {
+                return Err(NetBenchError::Setup(format!(
+                    "ring level: switch side stalled at {got} of {} frames",
+                    cfg.frames
+                )));
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let sb1 = nics[2].stats();
+        let n1 = notifications(&server, &relids[1..]);
+        points.push(ring_point(
+            "ring: vsc-net->switch->vsc-net",
+            size,
+            got,
+            secs,
+            sb1.rx_dropped_no_buffer - sb0.rx_dropped_no_buffer,
+            (n1.0 - n0.0, n1.1 - n0.1),
+        ));
+    }
+    Ok(points)
+}
+
+/// Polls until the host handled `want` frames in total (sent or dropped).
+fn drain_tx<S: HostSignal>(
+    dev: &mut NetDevice<'_, '_, PageRefRing<'_, '_>, S>,
+    nic: &Nic,
+    want: u64,
+) -> Result<(), NetBenchError> {
+    let mut last = (0, Instant::now());
+    loop {
+        dev.poll(|_| {})
+            .map_err(|e| NetBenchError::Setup(format!("ring level: poll: {e}")))?;
+        let s = nic.stats();
+        let done = s.tx_frames + s.tx_dropped;
+        if done >= want {
+            return Ok(());
+        }
+        if done != last.0 {
+            last = (done, Instant::now());
+        } else if last.1.elapsed() > R_STALL {
+            return Err(NetBenchError::Setup(format!(
+                "ring level: TAP side stalled at {done} of {want} frames"
+            )));
+        }
     }
 }
