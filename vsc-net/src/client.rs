@@ -887,7 +887,9 @@ impl<const W: usize> NetvscClient<W> {
         }
         let ppis = self.ppis(offload);
         let head = rndis::packet_header_len(ppis.len());
-        if frame_len == 0
+        // Shorter than an Ethernet header: the host would drop it (netvsp,
+        // Hyper-V) after taking a section; refuse it here with a typed error.
+        if frame_len < ETHERNET_HEADER as usize
             || frame_len > self.max_frame()
             || head + frame_len > self.send_section_size as usize
         {
@@ -948,7 +950,7 @@ impl<const W: usize> NetvscClient<W> {
         if self.direct_busy {
             return Err(TxError::Busy);
         }
-        if frame.is_empty() || frame.len() > self.max_frame() {
+        if frame.len() < ETHERNET_HEADER as usize || frame.len() > self.max_frame() {
             return Err(TxError::BadLength(frame.len()));
         }
         if self.outbox.is_full() {

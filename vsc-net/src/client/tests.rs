@@ -648,6 +648,11 @@ fn transmit_sections() {
         c.begin_transmit(0, TxOffload::default()),
         Err(TxError::BadLength(0))
     );
+    // Shorter than an Ethernet header: the host would drop it.
+    assert_eq!(
+        c.begin_transmit(13, TxOffload::default()),
+        Err(TxError::BadLength(13))
+    );
     assert_eq!(
         c.begin_transmit(6144, TxOffload::default()),
         Err(TxError::BadLength(6144))
