@@ -103,7 +103,10 @@ pub fn filter(host: &[kvm_cpuid_entry2], hv_leaves: &[CpuidEntry]) -> Vec<kvm_cp
     out
 }
 
-/// Per-vCPU copy with the APIC ID fields set to the VP index (== KVM vcpu id).
+/// Per-vCPU copy with the APIC ID fields set to the VP index (== KVM vcpu id):
+/// leaf 1 EBX[31:24], leaves 0xB/0x1F EDX, and on AMD leaf 0x8000001E
+/// (extended APIC ID in EAX, core ID in EBX[7:0], one thread per core), which
+/// Linux reads as the initial APIC ID there ("APIC ID mismatch" otherwise).
 pub fn for_vcpu(base: &[kvm_cpuid_entry2], vp: u32) -> Result<CpuId, VmmError> {
     let entries: Vec<kvm_cpuid_entry2> = base
         .iter()
@@ -112,6 +115,10 @@ pub fn for_vcpu(base: &[kvm_cpuid_entry2], vp: u32) -> Result<CpuId, VmmError> {
             match e.function {
                 1 => e.ebx = (e.ebx & 0x00FF_FFFF) | (vp << 24),
                 0xB | 0x1F if e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0 => e.edx = vp,
+                0x8000_001E => {
+                    e.eax = vp;
+                    e.ebx = (e.ebx & !0xFFFF) | (vp & 0xFF);
+                }
                 _ => {}
             }
             e
@@ -201,8 +208,15 @@ mod tests {
 
     #[test]
     fn per_vcpu_apic_id() {
-        let base = vec![leaf(1, 0, 0, 0x0012_3456, 0, 0)];
+        let base = vec![
+            leaf(1, 0, 0, 0x0012_3456, 0, 0),
+            leaf(0x8000_001E, 0, 0, 0x0000_0100, 0x0000_0100, 0),
+        ];
         let c = for_vcpu(&base, 3).unwrap();
         assert_eq!(c.as_slice()[0].ebx, 0x0312_3456);
+        // AMD: Linux takes the initial APIC ID from 0x8000001E EAX (seen as
+        // "CPU 1: APIC ID mismatch. CPUID: 0x0000 APIC: 0x0001" with 2 vCPUs).
+        let amd = c.as_slice()[1];
+        assert_eq!((amd.eax, amd.ebx & 0xFFFF, amd.ecx), (3, 3, 0x100));
     }
 }
