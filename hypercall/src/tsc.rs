@@ -87,7 +87,36 @@ pub const fn scale_for_frequency(tsc_hz: u64) -> u64 {
     if tsc_hz <= REFERENCE_TIME_HZ {
         return u64::MAX;
     }
-    (((1u128 << 64) * REFERENCE_TIME_HZ as u128) / tsc_hz as u128) as u64
+    #[cfg(not(feature = "kernel"))]
+    {
+        (((1u128 << 64) * REFERENCE_TIME_HZ as u128) / tsc_hz as u128) as u64
+    }
+    #[cfg(feature = "kernel")]
+    {
+        scale_by_long_division(tsc_hz)
+    }
+}
+
+/// [`scale_for_frequency`] without a 128-bit division, for `tsc_hz > 10^7` (feature `kernel`:
+/// Linux's Rust `compiler_builtins` panics in `__udivti3`): `(10^7 << 64) / tsc_hz` by shifting
+/// and subtracting, one quotient bit per step. The remainder stays below `tsc_hz`, so doubling
+/// it overflows at most into a carry bit.
+#[cfg_attr(not(feature = "kernel"), allow(dead_code))]
+const fn scale_by_long_division(tsc_hz: u64) -> u64 {
+    let mut rem = REFERENCE_TIME_HZ; // the high word of the dividend; its low word is 0
+    let mut quotient = 0u64;
+    let mut i = 0;
+    while i < 64 {
+        let carry = rem >> 63;
+        rem <<= 1;
+        quotient <<= 1;
+        if carry != 0 || rem >= tsc_hz {
+            rem = rem.wrapping_sub(tsc_hz);
+            quotient |= 1;
+        }
+        i += 1;
+    }
+    quotient
 }
 
 /// The offset that makes the reference time `ref_time` at TSC value `tsc` with `scale`
@@ -124,6 +153,33 @@ mod tests {
     use crate::page::Page;
     use proptest::prelude::*;
     use zerocopy::IntoBytes;
+
+    // The kernel build's plain division agrees with the 128-bit one.
+    #[test]
+    fn long_division_matches_u128() {
+        for hz in [
+            REFERENCE_TIME_HZ + 1,
+            REFERENCE_TIME_HZ * 2,
+            1_000_000_000,
+            2_500_000_000,
+            3_000_000_000,
+            (1 << 63) - 1,
+            1 << 63,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let wide = (((1u128 << 64) * REFERENCE_TIME_HZ as u128) / hz as u128) as u64;
+            assert_eq!(scale_by_long_division(hz), wide, "{hz}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn long_division_matches_u128_any(hz in (REFERENCE_TIME_HZ + 1)..=u64::MAX) {
+            let wide = (((1u128 << 64) * REFERENCE_TIME_HZ as u128) / hz as u128) as u64;
+            prop_assert_eq!(scale_by_long_division(hz), wide);
+        }
+    }
 
     // Known answers (fact sheet §2.2: scale = floor(2^64 * 10^7 / tsc_hz)).
     #[test]
