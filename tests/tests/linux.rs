@@ -57,6 +57,11 @@ const INIT_ELF: [u8; 228] = [
 /// Console text the kernel prints for each milestone (6.12 wording).
 const HYPERV_DETECTED: &str = "Hypervisor detected: Microsoft Hyper-V";
 const VMBUS_VERSION: &str = "Vmbus version:5.";
+/// INQUIRY answered: the disk's vendor/product strings.
+const DISK_INQUIRY: &str = "Direct-Access     hvkit    storvsp disk";
+/// READ CAPACITY answered: 32 MiB of 512-byte blocks.
+const DISK_CAPACITY: &str = "[sda] 65536 512-byte logical blocks";
+/// Printed after the partition table was read.
 const DISK_ATTACHED: &str = "[sda] Attached SCSI disk";
 const EXT4_MOUNTED_RW: &str = "EXT4-fs (sda): mounted filesystem";
 const ROOT_MOUNTED: &str = "VFS: Mounted root (ext4 filesystem)";
@@ -322,7 +327,11 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
         BOOT_LIMIT,
         |b, t| {
             let s = b.storage.stats();
-            t.contains(DISK_ATTACHED) && s.srb_completions > 0 && s.bytes_read > 0
+            [DISK_INQUIRY, DISK_CAPACITY, DISK_ATTACHED]
+                .iter()
+                .all(|m| t.contains(m))
+                && s.srb_completions > 0
+                && s.bytes_read > 0
         },
     );
     b.step("ext4 root mounted read-write", BOOT_LIMIT, |_, t| {
