@@ -293,11 +293,14 @@ fn linux_boot(
 }
 
 /// Boots `kernel`; `exercise`: the host ICs run their exercise script (the
-/// test guest only, see `IcConfig::exercise`); `linux`: boot it as Linux.
+/// test guest only, see `IcConfig::exercise`) and the NICs the net exercise;
+/// `demo_peer`: the host network peer joins the demo switch; `linux`: boot
+/// it as Linux.
 fn run(
     kernel: &Path,
     c: Common,
     exercise: bool,
+    demo_peer: bool,
     linux: Option<LinuxBoot>,
 ) -> Result<bool, Box<dyn std::error::Error>> {
     let mut cfg = VmConfig::from_file(kernel)?;
@@ -337,6 +340,23 @@ fn run(
     };
     let switches = host_test_vmm::net::SwitchRegistry::new();
     let net = host_test_vmm::net::build_nics(&c.nets, &switches, trace.clone())?;
+    // The demo's NICs get the net exercise (link toggle), and its default
+    // switch the host peer; both live as long as the partition's factory.
+    let net_exercise = if exercise && !net.is_empty() {
+        let peer = if demo_peer {
+            let sw = switches.get(host_test_vmm::net::peer::DEMO_SWITCH);
+            Some(host_test_vmm::net::Peer::attach(&sw, Default::default())?)
+        } else {
+            None
+        };
+        Some(host_test_vmm::net::NetExercise::start(
+            net.clone(),
+            peer,
+            Default::default(),
+        )?)
+    } else {
+        None
+    };
     if is_linux {
         // Only real device classes on a Linux guest's bus.
         cfg.hv = hv_glue::hyperv_with_vmbus(hv_glue::VmbusPartitionOptions {
@@ -350,6 +370,7 @@ fn run(
             trace,
             storage,
             net,
+            net_exercise,
             ic_exercise: exercise,
             ..hv_glue::VmbusPartitionOptions::test_guest()
         });
@@ -368,17 +389,29 @@ fn run(
     Ok(out.passed())
 }
 
-/// `demo`: the test guest with the host ICs' exercise script and, unless
-/// `--no-demo-disks` or `--disk`, the two generated disks of
+/// `demo`: the test guest with the host ICs' exercise script, the net
+/// exercise and, unless `--net` is given, one NIC (MAC
+/// `peer::DEMO_GUEST_MAC`) on the demo switch with the host network peer;
+/// and, unless `--no-demo-disks` or `--disk`, the two generated disks of
 /// `host_test_vmm::storage::demo` (LUN 0 read-write, LUN 1 read-only) for its
 /// storage checks; they are deleted after the run.
 fn demo(elf: &Path, demo_disks: bool, mut c: Common) -> Result<bool, Box<dyn std::error::Error>> {
+    let demo_peer = c.nets.is_empty();
+    if demo_peer {
+        c.nets.push(host_test_vmm::net::NetSpec {
+            backend: host_test_vmm::net::NetBackendSpec::Switch(
+                host_test_vmm::net::peer::DEMO_SWITCH.into(),
+            ),
+            mac: Some(host_test_vmm::net::peer::DEMO_GUEST_MAC),
+            mtu: None,
+        });
+    }
     if !demo_disks || !c.disks.is_empty() {
-        return run(elf, c, true, None);
+        return run(elf, c, true, demo_peer, None);
     }
     let (dir, specs) = host_test_vmm::storage::demo::create_demo_disks(&std::env::temp_dir())?;
     c.disks = specs;
-    let r = run(elf, c, true, None);
+    let r = run(elf, c, true, demo_peer, None);
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         eprintln!("host-test-vmm: cannot remove {}: {e}", dir.display());
     }
@@ -429,7 +462,7 @@ fn main() -> ExitCode {
                 .into()
             })
             .and_then(|image| linux_boot(&image, boot, initrd.as_deref(), cmdline))
-            .and_then(|linux| run(&kernel, common, false, linux)),
+            .and_then(|linux| run(&kernel, common, false, false, linux)),
         Cmd::Demo {
             no_demo_disks,
             common,

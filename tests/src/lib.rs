@@ -6,8 +6,12 @@
 //! control API. This library holds what both need.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+use host_test_vmm::net::{
+    self as hnet, ExerciseConfig, NetBackendSpec, NetExercise, NetSpec, Peer, PeerConfig,
+    PeerFaults, SwitchRegistry,
+};
 use host_test_vmm::storage::{self, ControllerConfig, DiskSpec, StorageController};
 use host_test_vmm::vmm::hv_glue;
 use host_test_vmm::vmm::{self, HvFactory};
@@ -47,13 +51,86 @@ pub fn demo_setup_with(
     exercise: bool,
     tweak: impl FnOnce(&mut Vec<DiskSpec>),
 ) -> (HvFactory, DiskDir) {
+    demo_setup_net(exercise, tweak, &DemoNet::default())
+}
+
+/// The demo's network (one NIC on the demo switch with the host peer, the
+/// net exercise), with knobs to break it on purpose.
+#[derive(Debug, Clone)]
+pub struct DemoNet {
+    /// Faults of the host peer.
+    pub peer_faults: PeerFaults,
+    /// The net exercise toggles the link.
+    pub toggle_link: bool,
+    /// The NICs (default: the demo's one).
+    pub nics: Vec<NetSpec>,
+    /// Attach the peer to the demo switch.
+    pub peer: bool,
+    /// The switches `nics` name (share one registry between partitions to
+    /// put several guests on one switch).
+    pub switches: Option<Arc<SwitchRegistry>>,
+}
+
+impl Default for DemoNet {
+    fn default() -> Self {
+        Self {
+            peer_faults: PeerFaults::default(),
+            toggle_link: true,
+            nics: vec![demo_nic(hnet::peer::DEMO_GUEST_MAC)],
+            peer: true,
+            switches: None,
+        }
+    }
+}
+
+/// A NIC on the demo switch with this MAC.
+pub fn demo_nic(mac: hnet::MacAddr) -> NetSpec {
+    NetSpec {
+        backend: NetBackendSpec::Switch(hnet::peer::DEMO_SWITCH.into()),
+        mac: Some(mac),
+        mtu: None,
+    }
+}
+
+/// The NICs and the net exercise of `net` (the peer on the demo switch if
+/// asked for).
+pub fn demo_network(net: &DemoNet) -> (Vec<Arc<hnet::Nic>>, Arc<NetExercise>) {
+    let switches = net.switches.clone().unwrap_or_default();
+    let nics = hnet::build_nics(&net.nics, &switches, None)
+        .unwrap_or_else(|e| panic!("building the demo NICs: {e}"));
+    let peer = net.peer.then(|| {
+        let cfg = PeerConfig {
+            faults: net.peer_faults,
+            ..PeerConfig::default()
+        };
+        Peer::attach(&switches.get(hnet::peer::DEMO_SWITCH), cfg)
+            .unwrap_or_else(|e| panic!("starting the host peer: {e}"))
+    });
+    let cfg = ExerciseConfig {
+        toggle_link: net.toggle_link,
+        ..ExerciseConfig::default()
+    };
+    let ex = NetExercise::start(nics.clone(), peer, cfg)
+        .unwrap_or_else(|e| panic!("starting the net exercise: {e}"));
+    (nics, ex)
+}
+
+/// [`demo_setup_with`] with the network of `net`.
+pub fn demo_setup_net(
+    exercise: bool,
+    tweak: impl FnOnce(&mut Vec<DiskSpec>),
+    net: &DemoNet,
+) -> (HvFactory, DiskDir) {
     let (dir, mut specs) = storage::demo::create_demo_disks(&std::env::temp_dir())
         .unwrap_or_else(|e| panic!("creating the demo disks: {e}"));
     tweak(&mut specs);
     let controller = StorageController::with_disks(ControllerConfig::default(), &specs)
         .unwrap_or_else(|e| panic!("opening the demo disks: {e}"));
+    let (nics, ex) = demo_network(net);
     let factory = hv_glue::hyperv_with_vmbus(hv_glue::VmbusPartitionOptions {
         storage: Some(controller),
+        net: nics,
+        net_exercise: Some(ex),
         ic_exercise: exercise,
         ..hv_glue::VmbusPartitionOptions::test_guest()
     });

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use host_test_vmm::hv;
+use host_test_vmm::net::PeerFaults;
 use host_test_vmm::vmbus::echo::{EchoVsp, ECHO_MAGIC};
 use host_test_vmm::vmbus::{ChannelHandle, SendError, VmbusOptions, VmbusServer, Vsp};
 use host_test_vmm::vmm::hv_glue::{self, CpuidEntry, HvContext, HvPort, HvRegs};
 use host_test_vmm::vmm::{self, HvFactory, RunOutcome, SerialOutput, VmConfig, EXPECTED_CHECKS};
-use hvkit_tests::{demo_setup, demo_setup_with, guest_elf, require_kvm};
+use hvkit_tests::{demo_setup, demo_setup_net, demo_setup_with, guest_elf, require_kvm, DemoNet};
 use hypercall::msr;
 use vmbus_guest::packet::PacketView;
 
@@ -443,4 +444,80 @@ fn hypercall_benchmark_counts_one_exit_per_operation() {
     assert_eq!(r.bare_exit.exits_per_op, 1.0);
     assert_eq!(r.hypercall.exits_per_op, 1.0);
     assert!(r.ratio.is_finite() && r.ratio > 0.0);
+}
+
+/// The demo with its network broken as `net` says: `must_fail` must fail.
+fn broken_net_fails(net: DemoNet, must_fail: &str) {
+    let (factory, _disks) = demo_setup_net(true, |_| {}, &net);
+    let out = boot(1, Some(factory));
+    let c = check(&out, must_fail);
+    assert!(
+        !c.ok,
+        "{must_fail} passed with the host network broken ({net:?}): {}\nserial:\n{}",
+        c.detail, out.serial
+    );
+    assert!(!out.passed());
+}
+
+fn peer_fault(faults: PeerFaults) -> DemoNet {
+    DemoNet {
+        peer_faults: faults,
+        ..DemoNet::default()
+    }
+}
+
+#[test]
+fn check_net_arp_fails_when_the_peer_never_answers_arp() {
+    broken_net_fails(
+        peer_fault(PeerFaults {
+            ignore_arp: true,
+            ..PeerFaults::default()
+        }),
+        "net-arp",
+    );
+}
+
+#[test]
+fn check_net_icmp_fails_when_the_peer_never_answers_pings() {
+    broken_net_fails(
+        peer_fault(PeerFaults {
+            ignore_icmp: true,
+            ..PeerFaults::default()
+        }),
+        "net-icmp",
+    );
+}
+
+#[test]
+fn check_net_udp_fails_when_the_echo_is_corrupted() {
+    broken_net_fails(
+        peer_fault(PeerFaults {
+            corrupt_udp: true,
+            ..PeerFaults::default()
+        }),
+        "net-udp",
+    );
+}
+
+#[test]
+fn check_net_link_fails_without_link_indications() {
+    broken_net_fails(
+        DemoNet {
+            toggle_link: false,
+            ..DemoNet::default()
+        },
+        "net-link",
+    );
+}
+
+#[test]
+fn check_net_init_fails_without_a_nic() {
+    broken_net_fails(
+        DemoNet {
+            nics: Vec::new(),
+            peer: false,
+            ..DemoNet::default()
+        },
+        "net-init",
+    );
 }

@@ -397,6 +397,17 @@ impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, 
 
     /// Runs bring-up to the end (blocking).
     pub fn init(&mut self, max_polls: u64) -> Result<DeviceInfo, DeviceError> {
+        self.init_with(max_polls, |_| {})
+    }
+
+    /// [`Self::init`], handing every event that arrives meanwhile to `on_event` too: a link
+    /// indication (or a frame) the host sends while bring-up finishes would otherwise be lost
+    /// to the caller.
+    pub fn init_with(
+        &mut self,
+        max_polls: u64,
+        mut on_event: impl FnMut(Event<'_>),
+    ) -> Result<DeviceInfo, DeviceError> {
         self.client.start();
         self.flush()?;
         let mut result = None;
@@ -404,10 +415,13 @@ impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, 
             if let Some(e) = self.client.init_error() {
                 return Err(DeviceError::Init(e));
             }
-            self.poll_events(|e| match e {
-                Event::Ready(i) => result = Some(Ok(i)),
-                Event::InitFailed(e) => result = Some(Err(DeviceError::Init(e))),
-                _ => {}
+            self.poll_events(|e| {
+                match e {
+                    Event::Ready(i) => result = Some(Ok(i)),
+                    Event::InitFailed(e) => result = Some(Err(DeviceError::Init(e))),
+                    _ => {}
+                }
+                on_event(e)
             })?;
             if let Some(r) = result {
                 return r;

@@ -12,7 +12,7 @@ use super::error::VmmError;
 use super::irq::{KvmGuestTsc, MsiInterruptSink};
 use crate::hv;
 use crate::ic::{HostIcs, IcConfig};
-use crate::net::Nic;
+use crate::net::{NetExercise, NetReport, Nic};
 use crate::storage::StorageController;
 use crate::vmbus::echo::EchoVsp;
 use crate::vmbus::{TraceWriter, VmbusOptions, VmbusServer, VmbusStats};
@@ -84,6 +84,11 @@ pub trait HvPort: Send + Sync {
     /// their link state).
     fn nics(&self) -> Vec<Arc<Nic>> {
         Vec::new()
+    }
+    /// The network evidence for the report (NIC counters, the demo peer's),
+    /// when the partition has NICs.
+    fn net_report(&self) -> Option<NetReport> {
+        None
     }
     /// The host integration components, when the partition has them (the
     /// control API drives them).
@@ -250,6 +255,7 @@ pub struct HyperVWithVmbus {
     vmbus: Arc<VmbusServer>,
     storage: Option<Arc<StorageController>>,
     nics: Vec<Arc<Nic>>,
+    net_exercise: Option<Arc<NetExercise>>,
     ics: HostIcs,
 }
 
@@ -305,6 +311,20 @@ impl HvPort for HyperVWithVmbus {
     fn nics(&self) -> Vec<Arc<Nic>> {
         self.nics.clone()
     }
+    fn net_report(&self) -> Option<NetReport> {
+        match &self.net_exercise {
+            Some(e) => Some(e.report()),
+            None if self.nics.is_empty() => None,
+            None => Some(NetReport {
+                nics: self
+                    .nics
+                    .iter()
+                    .map(|n| crate::net::exercise::nic_report(n, false))
+                    .collect(),
+                peer: None,
+            }),
+        }
+    }
     fn ics(&self) -> Option<HostIcs> {
         Some(self.ics.clone())
     }
@@ -334,6 +354,9 @@ pub struct VmbusPartitionOptions {
     /// Synthetic NICs (netvsp, class f8615163-df3e-46c5-913f-f2d2f965ed0e),
     /// each offered as its own device, in this order.
     pub net: Vec<Arc<Nic>>,
+    /// The net exercise on those NICs (demo: link toggle, the host peer),
+    /// kept for the report's evidence.
+    pub net_exercise: Option<Arc<NetExercise>>,
     /// The bundled test guest's extras: the host test services (hypercall
     /// test codes) and the echo test device (docs/ARCHITECTURE.md, "VMBus
     /// test device"). Off for guests nobody here wrote (Linux), whose bus
@@ -406,6 +429,7 @@ pub fn hyperv_with_vmbus(opts: VmbusPartitionOptions) -> HvFactory {
             ics,
             storage: opts.storage.clone(),
             nics: opts.net.clone(),
+            net_exercise: opts.net_exercise.clone(),
         }) as Arc<dyn HvPort>)
     })
 }

@@ -481,6 +481,7 @@ impl Partition {
             eom_redeliveries: self.hv.eom_redeliveries(),
             timer_expirations: self.hv.timer_expirations(),
             vmbus: self.hv.vmbus_stats(),
+            net: self.hv.net_report(),
             end,
         })
     }

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::irq::InterruptCounts;
 use super::stats::ExitCounts;
 use super::vcpu::RunEnd;
+use crate::net::NetReport;
 use crate::vmbus::VmbusStats;
 use vmbus_guest::message::ChannelMessageType;
 
@@ -41,6 +42,12 @@ pub const EXPECTED_CHECKS: &[&str] = &[
     "storage-unmap",
     "storage-readonly",
     "storage-qd32",
+    "net-init",
+    "net-mac",
+    "net-link",
+    "net-arp",
+    "net-icmp",
+    "net-udp",
     "ic-heartbeat",
     "ic-timesync",
     "ic-kvp",
@@ -134,6 +141,8 @@ pub struct Inputs<'a> {
     pub timer_expirations: Option<u64>,
     /// The VMBus server's counters, when the partition has one.
     pub vmbus: Option<VmbusStats>,
+    /// NIC and host-peer counters, when the partition has NICs.
+    pub net: Option<NetReport>,
     /// How the run ended.
     pub end: RunEnd,
 }
@@ -146,7 +155,7 @@ const MSR_REFERENCE_TSC: u32 = 0x4000_0021;
 const MSR_STIMER_CONFIG: [u32; 4] = [0x4000_00B0, 0x4000_00B2, 0x4000_00B4, 0x4000_00B6];
 
 /// Why the host contradicts an `ok` from the guest, if it does.
-fn contradiction(name: &str, inp: &Inputs<'_>) -> Option<String> {
+fn contradiction(name: &str, inp: &Inputs<'_>, detail: &str) -> Option<String> {
     let ok_calls = |code: u16| inp.exits.hypercalls.get(&code).map_or(0, |c| c.ok);
     let writes = |msr: u32| inp.exits.msr_writes.get(&msr).copied().unwrap_or(0);
     let irqs = inp.interrupts.delivered;
@@ -184,7 +193,61 @@ fn contradiction(name: &str, inp: &Inputs<'_>) -> Option<String> {
             Some("host injected no interrupt".into())
         }
         n if n.starts_with("vmbus-") => vmbus_contradiction(n, inp.vmbus.as_ref()),
+        n if n.starts_with("net-") => net_contradiction(n, inp.net.as_ref(), detail),
         _ => None,
+    }
+}
+
+/// UDP datagrams the guest's `net-udp` sends (sizes 1 … MTU-limited maximum).
+const NET_UDP_DATAGRAMS: u64 = 5;
+
+/// What the NICs (and the demo peer, when there is one) must have seen for a
+/// guest's network check to stand. `detail` is the guest's own line.
+fn net_contradiction(name: &str, net: Option<&NetReport>, detail: &str) -> Option<String> {
+    let Some(net) = net else {
+        return Some("the partition has no NIC".into());
+    };
+    let any = |f: &dyn Fn(&crate::net::NicReport) -> bool| net.nics.iter().any(f);
+    let traffic = || any(&|n| n.stats.tx_frames > 0 && n.stats.rx_frames > 0);
+    match name {
+        // Counters, not state: the state resets when the channel closes at the end.
+        "net-init" if !any(&|n| n.stats.control_messages >= 2) => {
+            Some("no NIC handled the guest's RNDIS control messages".into())
+        }
+        "net-mac" => {
+            let said = detail
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("mac="))
+                .unwrap_or("");
+            (!any(&|n| n.mac == said)).then(|| {
+                let macs: Vec<&str> = net.nics.iter().map(|n| n.mac.as_str()).collect();
+                format!("the guest reported mac={said}, the host configured {macs:?}")
+            })
+        }
+        "net-link" if !any(&|n| n.link_toggled && n.stats.link_indications >= 2) => {
+            Some("no NIC had its link toggled with both indications sent (net exercise)".into())
+        }
+        "net-arp" | "net-icmp" | "net-udp" if !traffic() => {
+            Some("no NIC carried frames both ways".into())
+        }
+        _ => {
+            let p = net.peer.as_ref()?;
+            match name {
+                "net-arp" if p.arp_replies_out == 0 || p.arp_replies_in == 0 => Some(format!(
+                    "the host peer sent {} ARP replies and got {} to its own requests",
+                    p.arp_replies_out, p.arp_replies_in
+                )),
+                "net-icmp" if p.icmp_replies_out == 0 || p.ping_replies_in < 3 => Some(format!(
+                    "the host peer answered {} echo requests and got {} replies to its {} pings",
+                    p.icmp_replies_out, p.ping_replies_in, p.pings_sent
+                )),
+                "net-udp" if p.udp_echoed < NET_UDP_DATAGRAMS => Some(format!(
+                    "the host peer echoed {} UDP datagrams ({:?} bytes), expected {NET_UDP_DATAGRAMS}",
+                    p.udp_echoed, p.udp_sizes
+                )),
+                _ => None,
+            }
+        }
     }
 }
 
@@ -264,7 +327,7 @@ pub fn build(inp: Inputs<'_>) -> Report {
                 ok: false,
                 detail: "guest never reported it".into(),
             },
-            Some((true, detail)) => match contradiction(name, &inp) {
+            Some((true, detail)) => match contradiction(name, &inp, detail) {
                 Some(why) => CheckResult {
                     name: (*name).into(),
                     ok: false,
@@ -395,6 +458,7 @@ mod tests {
             eom_redeliveries: None,
             timer_expirations: None,
             vmbus: None,
+            net: None,
             end: RunEnd::DebugExit { code: 0, vp: 0 },
         }
     }
@@ -426,6 +490,38 @@ mod tests {
         inp.vmbus = Some(v);
         let r = build(inp);
         assert!(r.checks.iter().all(|c| c.ok), "{:?}", r.checks);
+    }
+
+    #[test]
+    fn net_mac_must_be_the_configured_one() {
+        use crate::net::{NetReport, NetStats, NicReport};
+        let mut inp = inputs(vec![parse_check_line(
+            "hvkit-check: net-mac ok mac=02:15:0a:d5:00:02 ip=10.213.0.2",
+        )
+        .unwrap()]);
+        inp.expected = &["net-mac"];
+        let nic = |mac: &str| NicReport {
+            name: "net0".into(),
+            mac: mac.into(),
+            link_toggled: true,
+            stats: NetStats::default(),
+        };
+        inp.net = Some(NetReport {
+            nics: vec![nic("02:15:0a:d5:00:02")],
+            peer: None,
+        });
+        assert!(build(inputs_clone(&inp)).checks[0].ok);
+        // netvsp told the guest another MAC than the host configured.
+        inp.net = Some(NetReport {
+            nics: vec![nic("02:15:0a:d5:00:09")],
+            peer: None,
+        });
+        let r = build(inp);
+        assert!(
+            !r.checks[0].ok && r.checks[0].detail.contains("configured"),
+            "{:?}",
+            r.checks
+        );
     }
 
     #[test]
@@ -503,6 +599,7 @@ mod tests {
             eom_redeliveries: i.eom_redeliveries,
             timer_expirations: i.timer_expirations,
             vmbus: i.vmbus.clone(),
+            net: i.net.clone(),
             end: i.end.clone(),
         }
     }

@@ -389,7 +389,7 @@ impl<T: fmt::Display> fmt::Display for ShowErr<T> {
 
 // ---- control-path steps ---------------------------------------------------------
 
-fn create_gpadl<P: Platform, S: PfnSource + ?Sized>(
+pub(crate) fn create_gpadl<P: Platform, S: PfnSource + ?Sized>(
     sh: &Shared<'_, P>,
     relid: u32,
     pfns: &S,
@@ -972,6 +972,7 @@ pub fn run<P: Platform>(hv: &Hypervisor<'_, P>, synic: &SynIc<'_, P>) {
         // The storage controller's and the ICs' checks share the connection;
         // the shutdown IC's power-off request ends the run, so the ICs go last.
         crate::storage::run(&sh);
+        crate::net::run(&sh);
         crate::ic::run(&sh);
     });
 }
