@@ -1315,19 +1315,23 @@ fn echo_check<P: Platform>(link: &mut Link<'_, '_, '_, P>, bufs: &mut Buffers) -
         && f.replies == f.packets
         && f.ring_full > 0
         && f.irqs > 0;
-    let phase_ok = |st: &PhaseStats, want: usize| {
+    // Ping-pong waits for every reply on an empty ring, so the host must
+    // interrupt. A stream may legitimately see none: when this vCPU is slow
+    // (a loaded host), the host always writes into a non-empty ring, and the
+    // ring rules forbid a signal then. The flood proves interrupts under load.
+    let phase_ok = |st: &PhaseStats, want: usize, irqs_required: bool| {
         st.packets as usize == want
             && st.replies == st.packets + st.completions_requested
             && st.completions == st.completions_requested
             && st.completions > 0
             && st.completions < st.packets
             && st.signals > 0
-            && st.irqs > 0
+            && (st.irqs > 0 || !irqs_required)
     };
     let ok = ping.is_ok()
         && stream.is_ok()
-        && phase_ok(&p, PINGPONG.len())
-        && phase_ok(&s, STREAM_PACKETS)
+        && phase_ok(&p, PINGPONG.len(), true)
+        && phase_ok(&s, STREAM_PACKETS, false)
         // Staged bursts (requests included): fewer publications than packets,
         // at most one signal per publication.
         && s.commits < s.packets
