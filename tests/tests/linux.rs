@@ -1,7 +1,15 @@
 //! The Linux interop tier: a real Linux kernel (linux/build-kernel.sh, 6.12
 //! with hv_vmbus, hv_storvsc, hv_utils built in) booted on host-test-vmm,
-//! checked step by step from the host (VMBus, storage and IC counters) and
-//! from the serial console.
+//! checked step by step from the host (VMBus, storage, NIC and IC counters)
+//! and from the serial console.
+//!
+//! The NIC is backed by a TAP inside a network namespace the test owns
+//! ([`TestNetns`]: 10.213.0.1/24 there, nothing on the host's network); the
+//! kernel configures eth0 from `ip=` (static, no DHCP). With a static
+//! configuration the kernel sends nothing by itself, so the namespace pings
+//! the guest: its ARP reply is the first frame the guest sends, then every
+//! echo request must be answered. The test prints the notifications per I/O
+//! of storvsc and per frame of netvsc (not asserted).
 //!
 //! Slow (each boot takes minutes: PVM emulates guest CPL0 code at about
 //! 1 MIPS), so every test is `#[ignore]`d; run them with
@@ -20,12 +28,15 @@
 //! first, so the journal may need recovery; `e2fsck -n` must still find the
 //! file system consistent.
 
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use host_test_vmm::api::{self, client};
+use host_test_vmm::net::{FrameBackend, MacAddr, Nic, NicConfig, TapBackend, TestNetns};
 use host_test_vmm::storage::{ControllerConfig, DiskSpec, StorageController};
 use host_test_vmm::vmm::hv_glue::{self, HvPort};
 use host_test_vmm::vmm::linux::{LinuxBoot, DEFAULT_CMDLINE};
@@ -73,6 +84,17 @@ const FATAL: [&str; 3] = ["Kernel panic", "BUG: ", "Oops: "];
 /// The IC services the kernel's hv_utils binds (6.12 has no in-kernel
 /// fcopy driver any more: it moved to uio_hv_generic, not built).
 const IC_DRIVERS: [&str; 5] = ["heartbeat", "shutdown", "timesync", "kvp", "vss"];
+
+/// The network step: a TAP in a namespace the test owns, the host end
+/// addressed there; the kernel configures eth0 from `ip=`.
+const TAP: &str = "hvl0";
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
+const GUEST_MAC: MacAddr = MacAddr([0x02, 0x15, 0x4c, 0x00, 0x00, 0x02]);
+/// hv_netvsc's netdev is named by alloc_etherdev: the only NIC is eth0.
+const GUEST_IF: &str = "eth0";
+/// ICMP echo requests the namespace sends (each must be answered).
+const PINGS: u16 = 5;
 
 const RUN_LIMIT: Duration = Duration::from_secs(1500);
 const BOOT_LIMIT: Duration = Duration::from_secs(1200);
@@ -162,7 +184,7 @@ struct Boot {
 }
 
 impl Boot {
-    fn start(kernel: &Path, image: &Path, dir: &Path) -> Self {
+    fn start(kernel: &Path, image: &Path, dir: &Path, net: Vec<Arc<Nic>>, cmdline: &str) -> Self {
         let console = dir.join("console.log");
         let socket = dir.join("api.sock");
         let storage = StorageController::with_disks(
@@ -179,6 +201,7 @@ impl Boot {
             storage: Some(storage.clone()),
             // Only real device classes: no echo device or hypercall test services.
             test_devices: false,
+            net,
             ..hv_glue::VmbusPartitionOptions::default()
         });
         let port: Arc<Mutex<Option<Arc<dyn HvPort>>>> = Arc::default();
@@ -195,7 +218,7 @@ impl Boot {
         cfg.timeout = Some(RUN_LIMIT);
         cfg.expected_checks.clear();
         cfg.linux = Some(LinuxBoot {
-            cmdline: DEFAULT_CMDLINE.to_owned(),
+            cmdline: cmdline.to_owned(),
             initrd: None,
         });
         let run_socket = socket.clone();
@@ -281,6 +304,152 @@ fn printk_time(text: &str) -> Option<f64> {
     })
 }
 
+/// The kernel's static IP autoconfiguration for eth0 (no DHCP, no autoconf).
+fn ip_param() -> String {
+    format!("ip={GUEST_IP}::{HOST_IP}:255.255.255.0::{GUEST_IF}:off")
+}
+
+fn icmp_checksum(b: &[u8]) -> u16 {
+    let mut s: u32 = 0;
+    for c in b.chunks(2) {
+        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while s > 0xFFFF {
+        s = (s & 0xFFFF) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// A raw ICMP socket opened inside the namespace (usable from any thread).
+fn raw_icmp_socket(ns: &TestNetns) -> OwnedFd {
+    let fd = ns
+        .run(|| {
+            // SAFETY: creates a socket; the fd is owned right away.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_INET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::IPPROTO_ICMP,
+                )
+            };
+            // SAFETY: fd is a fresh socket nobody else owns (checked).
+            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .expect("namespace thread");
+    fd.expect("step \"network setup\": a raw ICMP socket in the namespace (needs root)")
+}
+
+/// One ICMP echo request `seq` to `dst`; the round trip when the matching
+/// reply comes within `wait`.
+fn ping_once(fd: &OwnedFd, dst: Ipv4Addr, seq: u16, wait: Duration) -> Option<Duration> {
+    const IDENT: u16 = 0x6876;
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
+    // SAFETY: setsockopt on our own socket with a correctly sized timeval.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut pkt = vec![8u8, 0, 0, 0];
+    pkt.extend_from_slice(&IDENT.to_be_bytes());
+    pkt.extend_from_slice(&seq.to_be_bytes());
+    pkt.extend_from_slice(b"hvkit-linux-interop-ping");
+    let c = icmp_checksum(&pkt);
+    pkt[2..4].copy_from_slice(&c.to_be_bytes());
+    let sent = Instant::now();
+    // SAFETY: sendto with a valid buffer and sockaddr_in.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    while sent.elapsed() < wait {
+        let mut buf = [0u8; 1500];
+        // SAFETY: recv into our own buffer (bounded by the timeout above).
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 28 {
+            continue;
+        }
+        let ihl = usize::from(buf[0] & 0x0F) * 4;
+        let icmp = &buf[ihl..n as usize];
+        if icmp.len() >= 8
+            && icmp[0] == 0
+            && icmp[4..6] == IDENT.to_be_bytes()
+            && icmp[6..8] == seq.to_be_bytes()
+            && buf[12..16] == dst.octets()
+        {
+            return Some(sent.elapsed());
+        }
+    }
+    None
+}
+
+/// The namespace's ARP entry for `ip`: (hardware address, flags).
+fn arp_entry(ns: &TestNetns, ip: Ipv4Addr) -> Option<(String, String)> {
+    let table = ns
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/arp").unwrap_or_default())
+        .ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() >= 6 && f[0] == ip.to_string()).then(|| (f[3].to_owned(), f[2].to_owned()))
+    })
+}
+
+/// Notification counters of the channels of one device class, summed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Signals {
+    from_guest: u64,
+    to_guest: u64,
+    suppressed: u64,
+    packets_in: u64,
+    packets_out: u64,
+}
+
+fn signals(p: &dyn HvPort, device: &str) -> Signals {
+    let mut s = Signals::default();
+    if let Some(v) = p.vmbus_stats() {
+        for c in v.channels.values().filter(|c| c.device == device) {
+            s.from_guest += c.signals_from_guest;
+            s.to_guest += c.signals_to_guest;
+            s.suppressed += c.signals_suppressed;
+            s.packets_in += c.packets_in;
+            s.packets_out += c.packets_out;
+        }
+    }
+    s
+}
+
+fn per(n: u64, d: u64) -> String {
+    if d == 0 {
+        "n/a".into()
+    } else {
+        format!("{:.2}", n as f64 / d as f64)
+    }
+}
+
 fn channel_opened(p: &dyn HvPort, device: &str) -> bool {
     p.vmbus_stats().is_some_and(|s| {
         s.channels
@@ -305,7 +474,23 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
         image.display()
     );
 
-    let mut boot = Boot::start(&kernel, &image, &dir);
+    // The NIC's TAP lives in a namespace this test owns: the only addresses
+    // are the host end (HOST_IP) there and the guest's own.
+    let ns = TestNetns::new().unwrap_or_else(|e| {
+        panic!("step \"network setup\": {e} (the interop tier needs root: a private network namespace and a TAP)")
+    });
+    let tap: Arc<TapBackend> = ns
+        .create_tap(TAP, HOST_IP, 24)
+        .unwrap_or_else(|e| panic!("step \"network setup\": TAP {TAP} in the namespace: {e}"));
+    let icmp = raw_icmp_socket(&ns);
+    let mut nic_cfg = NicConfig::numbered(0);
+    nic_cfg.mac = GUEST_MAC;
+    let nic = Nic::new(nic_cfg, tap.clone() as Arc<dyn FrameBackend>)
+        .unwrap_or_else(|e| panic!("step \"network setup\": NIC on {TAP}: {e}"));
+    let cmdline = format!("{DEFAULT_CMDLINE} {}", ip_param());
+    eprintln!("cmdline: {cmdline}");
+
+    let mut boot = Boot::start(&kernel, &image, &dir, vec![nic.clone()], &cmdline);
     let b = &boot;
 
     b.step("Hyper-V detected", BOOT_LIMIT, |_, t| {
@@ -375,7 +560,154 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
         |b, _| b.ic()["heartbeat"]["answers"].as_u64().unwrap_or(0) > 0,
     );
 
-    // Network (netvsc + the kernel's ip= autoconfiguration): added with netvsp.
+    // Network: hv_netvsc over netvsp, eth0 configured by the kernel's `ip=`
+    // (IP-Config runs before the root mount, so by now it is done), frames
+    // on the TAP, ARP and ICMP echo answered by the in-kernel stack.
+    b.step(
+        "hv_netvsc bound the NIC (NVSP negotiated, RNDIS initialized, buffers given)",
+        BOOT_LIMIT,
+        |b, _| {
+            let s = nic.stats();
+            b.port().is_some_and(|p| channel_opened(&*p, "netvsp"))
+                && s.version.is_some()
+                && s.rndis_ready
+                && s.rx_sections > 0
+        },
+    );
+    let ns_stats = nic.stats();
+    eprintln!(
+        "netvsp: NVSP {}, RNDIS ready, {} receive sections ({} free), packet filter {:#x}, link {}, {} control messages",
+        ns_stats.version.as_deref().unwrap_or("?"),
+        ns_stats.rx_sections,
+        ns_stats.rx_sections_free,
+        ns_stats.packet_filter,
+        if ns_stats.link_up { "up" } else { "down" },
+        ns_stats.control_messages
+    );
+    b.step(
+        "eth0 up and configured by ip= (IP-Config complete, packet filter set)",
+        BOOT_LIMIT,
+        |_, t| {
+            let s = nic.stats();
+            let cfg_line = t.lines().any(|l| {
+                l.contains(&format!("device={GUEST_IF}"))
+                    && l.contains(&format!("ipaddr={GUEST_IP}"))
+                    && l.contains(&format!("hwaddr={GUEST_MAC}"))
+            });
+            t.contains("IP-Config: Complete") && cfg_line && s.link_up && s.packet_filter != 0
+        },
+    );
+    if let Some(l) = b.console_text().lines().find(|l| l.contains("device=eth0")) {
+        eprintln!("console: {}", l.trim());
+    }
+    let before_ping = (
+        nic.stats(),
+        b.port().map(|p| signals(&*p, "netvsp")).unwrap_or_default(),
+    );
+    eprintln!(
+        "frames before the namespace sent anything: guest -> TAP {} (netvsp tx {}), TAP -> guest {}",
+        tap.counters().0,
+        before_ping.0.tx_frames,
+        tap.counters().2
+    );
+    // The first echo makes the namespace ARP for the guest: the guest's ARP
+    // reply is the first frame it must send.
+    let first = ping_once(&icmp, GUEST_IP, 1, Duration::from_secs(60));
+    b.step(
+        "the guest answers ARP from the namespace",
+        BOOT_LIMIT + Duration::from_secs(180),
+        |_, _| {
+            arp_entry(&ns, GUEST_IP)
+                .is_some_and(|(mac, flags)| mac == GUEST_MAC.to_string() && flags == "0x2")
+        },
+    );
+    b.step(
+        "the kernel's frames reach the TAP",
+        BOOT_LIMIT + Duration::from_secs(180),
+        |_, _| {
+            let (written, dropped, ..) = tap.counters();
+            written > 0 && dropped == 0 && nic.stats().tx_frames >= written
+        },
+    );
+    let mut rtts = Vec::new();
+    if let Some(r) = first {
+        rtts.push(r);
+    }
+    for seq in 2..=PINGS {
+        if let Some(r) = ping_once(&icmp, GUEST_IP, seq, Duration::from_secs(30)) {
+            rtts.push(r);
+        }
+    }
+    let after_ping = (
+        nic.stats(),
+        b.port().map(|p| signals(&*p, "netvsp")).unwrap_or_default(),
+    );
+    let ms: Vec<String> = rtts
+        .iter()
+        .map(|r| format!("{:.1}", r.as_secs_f64() * 1e3))
+        .collect();
+    eprintln!(
+        "TAP after the pings (written, dropped, read, read errors): {:?}",
+        tap.counters()
+    );
+    eprintln!(
+        "ICMP echo: {} of {PINGS} answered, rtt ms [{}]",
+        rtts.len(),
+        ms.join(", ")
+    );
+    if rtts.len() != usize::from(PINGS) {
+        b.fail(
+            "the guest answers ICMP echo from the namespace",
+            &format!(
+                "{} of {PINGS} echo requests answered; netvsp {:?}; TAP (written, dropped, read, errors) {:?}",
+                rtts.len(),
+                nic.stats(),
+                tap.counters()
+            ),
+        );
+    }
+    eprintln!(
+        "[{:7.1} s wall] step ok: the guest answers ICMP echo from the namespace ({PINGS}/{PINGS})",
+        b.start.elapsed().as_secs_f64()
+    );
+    let (s0, g0) = before_ping;
+    let (s1, g1) = after_ping;
+    let (tx, rx) = (s1.tx_frames - s0.tx_frames, s1.rx_frames - s0.rx_frames);
+    eprintln!(
+        "netvsc notifications during the pings: {tx} frames guest -> host, {rx} host -> guest; \
+         guest -> host signals {} ({} per guest frame), host -> guest interrupts {} ({} per host frame), \
+         suppressed {}; ring packets in {} out {}",
+        g1.from_guest - g0.from_guest,
+        per(g1.from_guest - g0.from_guest, tx),
+        g1.to_guest - g0.to_guest,
+        per(g1.to_guest - g0.to_guest, rx),
+        g1.suppressed - g0.suppressed,
+        g1.packets_in - g0.packets_in,
+        g1.packets_out - g0.packets_out,
+    );
+
+    // storvsc's notifications per completed SCSI request over the whole boot.
+    let st = b.storage.stats();
+    let sg = b
+        .port()
+        .map(|p| signals(&*p, "storvsp"))
+        .unwrap_or_default();
+    eprintln!(
+        "storvsc: {} SCSI requests completed ({} KiB read, {} KiB written, max in flight {}); \
+         guest -> host signals {} ({} per request), host -> guest interrupts {} ({} per request), \
+         suppressed {}; ring packets in {} out {}",
+        st.srb_completions,
+        st.bytes_read / 1024,
+        st.bytes_written / 1024,
+        st.max_in_flight,
+        sg.from_guest,
+        per(sg.from_guest, st.srb_completions),
+        sg.to_guest,
+        per(sg.to_guest, st.srb_completions),
+        sg.suppressed,
+        sg.packets_in,
+        sg.packets_out,
+    );
 
     // Shutdown IC -> hv_utils -> orderly_poweroff -> /sbin/poweroff (i386) -> ACPI S5.
     let shutdown_ready = |b: &Boot| {
