@@ -31,8 +31,9 @@ VARIANT=rust
 SCAFFOLD_VERSION=1
 RUST_VERSION=${HVKIT_R4L_RUSTC:-1.95.0}
 BINDGEN_VERSION=${HVKIT_R4L_BINDGEN:-0.73.2}
-# The guest crates linked into the driver (cargo package names) and what they are built with.
-CRATES=(hypercall vmbus-guest ic-services)
+# The guest crates linked into vmlinux (cargo package names) and what they are built with; the
+# driver uses the first three, vsc-storage is linked to show it builds and links for the kernel.
+CRATES=(hypercall vmbus-guest ic-services vsc-storage)
 CRATE_FEATURES="hypercall/bare-metal hypercall/kernel"
 
 log() { printf 'build-rust-kernel: %s\n' "$*" >&2; }
@@ -269,7 +270,7 @@ sources_hash() {
         cd "$ROOT"
         {
             find linux/rust -type f
-            for c in "${CRATES[@]}" vsc-storage; do find "$c/src" "$c/Cargo.toml" -type f; done
+            for c in "${CRATES[@]}"; do find "$c/src" "$c/Cargo.toml" -type f; done
             printf '%s\n' Cargo.toml Cargo.lock
         } | LC_ALL=C sort | while IFS= read -r f; do
             printf '%s %s\n' "$(sha256sum "$f" | awk '{print $1}')" "$f"

@@ -15,6 +15,15 @@
 #include <linux/reboot.h>
 #include <linux/vmalloc.h>
 
+/* Called from hvkit_vmbus.rs only (no header: Rust declares them in its `extern "C"` block). */
+void *hvkit_alloc_pages(unsigned int order, u64 *phys);
+void *hvkit_alloc_code_page(u64 *phys);
+int hvkit_start_thread(int (*fn)(void *), void *data);
+void hvkit_msleep(unsigned int ms);
+u64 hvkit_uptime_ms(void);
+void hvkit_power_off(void);
+void hvkit_restart(void);
+
 /* 2^order zeroed, physically contiguous pages in the direct map; *phys = the first's address. */
 void *hvkit_alloc_pages(unsigned int order, u64 *phys)
 {
@@ -52,11 +61,6 @@ int hvkit_start_thread(int (*fn)(void *), void *data)
 void hvkit_msleep(unsigned int ms)
 {
 	msleep(ms);
-}
-
-void hvkit_cond_resched(void)
-{
-	cond_resched();
 }
 
 u64 hvkit_uptime_ms(void)

@@ -77,11 +77,11 @@ struct HvkitVmbus;
 
 impl kernel::Module for HvkitVmbus {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        pr_info!("hvkit_vmbus: starting (hvkit guest crates in a built-in Rust driver)\n");
+        pr_info!("starting (hvkit guest crates in a built-in Rust driver)\n");
         // SAFETY: `thread_main` has the kthread signature and takes no data.
         let r = unsafe { hvkit_start_thread(thread_main, core::ptr::null_mut()) };
         if r != 0 {
-            pr_err!("hvkit_vmbus: kthread_run failed: {}\n", r);
+            pr_err!("kthread_run failed: {}\n", r);
         }
         Ok(HvkitVmbus)
     }
@@ -121,7 +121,11 @@ fn one_page() -> Option<PageRef<'static>> {
 }
 
 /// Polls the bus until `pending` is answered, sleeping between empty polls.
-fn wait(bus: &mut Bus<'_>, pending: Pending, what: &str) -> core::result::Result<Event, DriverError> {
+fn wait(
+    bus: &mut Bus<'_>,
+    pending: Pending,
+    what: &str,
+) -> core::result::Result<Event, DriverError> {
     let start = uptime_ms();
     loop {
         match bus.poll()? {
@@ -133,7 +137,7 @@ fn wait(bus: &mut Bus<'_>, pending: Pending, what: &str) -> core::result::Result
             Some(_) => {}
             None => {
                 if uptime_ms().saturating_sub(start) > ANSWER_TIMEOUT_MS {
-                    pr_err!("hvkit_vmbus: no answer to {} within {} ms\n", what, ANSWER_TIMEOUT_MS);
+                    pr_err!("no answer to {} within {} ms\n", what, ANSWER_TIMEOUT_MS);
                     return Err(DriverError::Timeout);
                 }
                 sleep_ms(1);
@@ -145,7 +149,7 @@ fn wait(bus: &mut Bus<'_>, pending: Pending, what: &str) -> core::result::Result
 fn log_event(e: &Event) {
     match e {
         Event::Offer { .. } | Event::AllOffersDelivered => {}
-        e => pr_info!("hvkit_vmbus: event {:?}\n", e),
+        e => pr_info!("event {:?}\n", e),
     }
 }
 
@@ -176,7 +180,7 @@ extern "C" fn thread_main(_data: *mut c_void) -> c_int {
     match run() {
         Ok(()) => 0,
         Err(e) => {
-            pr_err!("hvkit_vmbus: stopped: {}\n", e);
+            pr_err!("stopped: {}\n", e);
             -1
         }
     }
@@ -191,28 +195,34 @@ fn run() -> core::result::Result<(), DriverError> {
     // SAFETY: a page-aligned vmalloc page that is never freed; the kernel maps it read-only and
     // executable, and it is only read (atomically) or executed through the `PageRef`.
     let code = unsafe { page_from_raw(code, code_phys) };
-    let (Some(code), Some(simp), Some(siefp), Some(input)) = (code, one_page(), one_page(), one_page())
+    let (Some(code), Some(simp), Some(siefp), Some(input)) =
+        (code, one_page(), one_page(), one_page())
     else {
-        pr_err!("hvkit_vmbus: out of memory\n");
+        pr_err!("out of memory\n");
         return Ok(());
     };
 
     let hv = match Hypervisor::init(&PLATFORM, GUEST_OS_ID, code) {
         Ok(hv) => hv,
         Err(e) => {
-            pr_info!("hvkit_vmbus: no Hyper-V hypercall interface: {}\n", e);
+            pr_info!("no Hyper-V hypercall interface: {}\n", e);
             return Ok(());
         }
     };
     let info = hv.info();
     pr_info!(
-        "hvkit_vmbus: Hyper-V detected: vendor \"{}\", max leaf {:#x}, hypercall page at {:#x}\n",
+        "Hyper-V detected: vendor \"{}\", max leaf {:#x}, hypercall page at {:#x}\n",
         core::str::from_utf8(&info.vendor).unwrap_or("?"),
         info.max_leaf,
         code.gpa()
     );
-    let synic = SynIc::enable(&PLATFORM, simp, siefp, &[(VMBUS_SINT, SintConfig::polled(SINT_VECTOR))])?;
-    pr_info!("hvkit_vmbus: SynIC enabled (SINT{} polled)\n", VMBUS_SINT);
+    let synic = SynIc::enable(
+        &PLATFORM,
+        simp,
+        siefp,
+        &[(VMBUS_SINT, SintConfig::polled(SINT_VECTOR))],
+    )?;
+    pr_info!("SynIC enabled (SINT{} polled)\n", VMBUS_SINT);
 
     let config = ClientConfig {
         versions: &Version::LINUX_ORDER,
@@ -224,7 +234,11 @@ fn run() -> core::result::Result<(), DriverError> {
         Event::Connected { version, .. } => version,
         _ => return Err(DriverError::ConnectFailed),
     };
-    pr_info!("hvkit_vmbus: VMBus connected, version {} ({} ms)\n", version, uptime_ms() - t0);
+    pr_info!(
+        "VMBus connected, version {} ({} ms)\n",
+        version,
+        uptime_ms() - t0
+    );
 
     // Offers until AllOffersDelivered.
     let start = uptime_ms();
@@ -244,11 +258,11 @@ fn run() -> core::result::Result<(), DriverError> {
     let mut heartbeat_relid = None;
     let mut shutdown_relid = None;
     let n = bus.client().channels().len();
-    pr_info!("hvkit_vmbus: {} offers\n", n);
+    pr_info!("{} offers\n", n);
     for c in bus.client().channels() {
         let class = c.class();
         pr_info!(
-            "hvkit_vmbus: offer relid {} class {} ({}) instance {}\n",
+            "offer relid {} class {} ({}) instance {}\n",
             c.relid(),
             class,
             guid::class_name(&class).unwrap_or("unknown"),
@@ -262,7 +276,7 @@ fn run() -> core::result::Result<(), DriverError> {
     }
 
     let (Some(hb_pages), Some(sd_pages)) = (alloc_pages::<8>(), alloc_pages::<8>()) else {
-        pr_err!("hvkit_vmbus: out of memory\n");
+        pr_err!("out of memory\n");
         return Ok(());
     };
     let mut hb_chan = match heartbeat_relid {
@@ -274,7 +288,7 @@ fn run() -> core::result::Result<(), DriverError> {
         None => None,
     };
     pr_info!(
-        "hvkit_vmbus: opened heartbeat {:?} and shutdown {:?} ({} ms)\n",
+        "opened heartbeat {:?} and shutdown {:?} ({} ms)\n",
         hb_chan.as_ref().map(|c| c.0),
         sd_chan.as_ref().map(|c| c.0),
         uptime_ms() - t0
@@ -285,7 +299,7 @@ fn run() -> core::result::Result<(), DriverError> {
     // SAFETY: the helper writes `buf_phys` only on success.
     let buf_ptr = unsafe { hvkit_alloc_pages(3, &mut buf_phys) }.cast::<u8>();
     if buf_ptr.is_null() {
-        pr_err!("hvkit_vmbus: out of memory\n");
+        pr_err!("out of memory\n");
         return Ok(());
     }
     // SAFETY: a fresh 32 KiB allocation, owned by this thread alone from here on, never freed.
@@ -299,7 +313,7 @@ fn run() -> core::result::Result<(), DriverError> {
             |r| match r {
                 Ok(Polled::Event(e)) => log_event(&e),
                 Ok(_) => {}
-                Err(e) => pr_err!("hvkit_vmbus: {}\n", e),
+                Err(e) => pr_err!("{}\n", e),
             },
             |_| {},
         );
@@ -308,7 +322,7 @@ fn run() -> core::result::Result<(), DriverError> {
             let count = hb.service().count();
             if count > beats_logged && (beats_logged == 0 || count % 10 == 0) {
                 pr_info!(
-                    "hvkit_vmbus: heartbeat {} answered (seq {:?})\n",
+                    "heartbeat {} answered (seq {:?})\n",
                     count,
                     hb.service().last_seq()
                 );
@@ -318,7 +332,7 @@ fn run() -> core::result::Result<(), DriverError> {
         if let Some((_, chan)) = sd_chan.as_mut() {
             serve(&bus, chan, &mut sd, buf);
             if let Some(action) = sd.service_mut().take_accepted() {
-                pr_info!("hvkit_vmbus: shutdown request accepted: {:?}\n", action);
+                pr_info!("shutdown request accepted: {:?}\n", action);
                 // The answer is in the ring and the host is signalled: act on it.
                 sleep_ms(50);
                 match action.kind {
@@ -333,13 +347,18 @@ fn run() -> core::result::Result<(), DriverError> {
     }
 }
 
-fn serve<S: IcService>(bus: &Bus<'_>, chan: &mut IcChannel<'_>, ep: &mut Endpoint<S>, buf: &mut [u8]) {
+fn serve<S: IcService>(
+    bus: &Bus<'_>,
+    chan: &mut IcChannel<'_>,
+    ep: &mut Endpoint<S>,
+    buf: &mut [u8],
+) {
     match serve_all(chan, ep, buf, |_, _| {}) {
         Ok(signal) => {
             if let Err(e) = bus.signal_if(chan.connection_id(), signal) {
-                pr_err!("hvkit_vmbus: signal: {}\n", e);
+                pr_err!("signal: {}\n", e);
             }
         }
-        Err(e) => pr_err!("hvkit_vmbus: channel: {:?}\n", e),
+        Err(e) => pr_err!("channel: {:?}\n", e),
     }
 }
