@@ -11,6 +11,10 @@
 //! echo request must be answered. The test prints the notifications per I/O
 //! of storvsc and per frame of netvsc (not asserted).
 //!
+//! `linux_userspace_mkfs_fsck_ping_and_kvp` runs user-space checks (busybox,
+//! e2fsck, hv_kvp_daemon) only with `HVKIT_LINUX_USERSPACE=1`, on hosts whose
+//! KVM runs 64-bit user space (VMX/SVM); on PVM it fails and says why.
+//!
 //! Slow (each boot takes minutes: PVM emulates guest CPL0 code at about
 //! 1 MIPS), so every test is `#[ignore]`d; run them with
 //! `cargo test -p hvkit-tests --test linux --locked -- --ignored --nocapture`.
@@ -184,19 +188,29 @@ struct Boot {
 }
 
 impl Boot {
-    fn start(kernel: &Path, image: &Path, dir: &Path, net: Vec<Arc<Nic>>, cmdline: &str) -> Self {
+    fn start(
+        kernel: &Path,
+        disks: &[&Path],
+        dir: &Path,
+        net: Vec<Arc<Nic>>,
+        cmdline: &str,
+    ) -> Self {
         let console = dir.join("console.log");
         let socket = dir.join("api.sock");
         let storage = StorageController::with_disks(
             ControllerConfig::default(),
-            &[image
-                .to_str()
-                .map(|p| format!("path={p}"))
-                .expect("utf-8 temp path")
-                .parse::<DiskSpec>()
-                .expect("disk spec")],
+            &disks
+                .iter()
+                .map(|d| {
+                    d.to_str()
+                        .map(|p| format!("path={p}"))
+                        .expect("utf-8 temp path")
+                        .parse::<DiskSpec>()
+                        .expect("disk spec")
+                })
+                .collect::<Vec<_>>(),
         )
-        .unwrap_or_else(|e| panic!("opening the root image: {e}"));
+        .unwrap_or_else(|e| panic!("opening the disk images: {e}"));
         let factory = hv_glue::hyperv_with_vmbus(hv_glue::VmbusPartitionOptions {
             storage: Some(storage.clone()),
             // Only real device classes: no echo device or hypercall test services.
@@ -490,7 +504,7 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
     let cmdline = format!("{DEFAULT_CMDLINE} {}", ip_param());
     eprintln!("cmdline: {cmdline}");
 
-    let mut boot = Boot::start(&kernel, &image, &dir, vec![nic.clone()], &cmdline);
+    let mut boot = Boot::start(&kernel, &[&image], &dir, vec![nic.clone()], &cmdline);
     let b = &boot;
 
     b.step("Hyper-V detected", BOOT_LIMIT, |_, t| {
@@ -778,5 +792,248 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
         "step \"the guest mounted the image\": the superblock mount count did not change"
     );
     eprintln!("step ok: e2fsck -n clean, mount count {mounts_before} -> {mounts_after}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- user-space checks (issue 8, item 5): VMX/SVM hosts only ----------------------
+
+/// Set to 1 to run the user-space checks (they need a host whose KVM runs
+/// 64-bit user space: VMX or SVM, not PVM).
+const USERSPACE_SWITCH: &str = "HVKIT_LINUX_USERSPACE";
+/// Console markers the init script prints.
+const US_MARK: &str = "HVKIT-US:";
+const US_CHECKS: [&str; 5] = [
+    "shell",
+    "mkfs ok",
+    "fsck ok",
+    "ping ok",
+    "kvp daemon started",
+];
+
+/// Why user space cannot work on this host, when it cannot.
+fn userspace_blocker() -> Option<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpu
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or_default();
+    let hw = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
+    (!hw).then(|| {
+        "this host's /dev/kvm is PVM (no vmx/svm in /proc/cpuinfo): a 64-bit `syscall` from guest \
+         user space faults under PVM, so the first system call of busybox kills init and the \
+         kernel panics. Run HVKIT_LINUX_USERSPACE=1 on a VMX/SVM host (docs/ARCHITECTURE.md, \
+         'User space under PVM')"
+            .to_owned()
+    })
+}
+
+/// A host file the image needs: `$env` or `default`; fails naming the package.
+fn host_file(env: &str, default: &str, package: &str) -> PathBuf {
+    let p = std::env::var_os(env).map_or_else(|| PathBuf::from(default), PathBuf::from);
+    assert!(
+        p.is_file(),
+        "{} is missing: install Debian's {package} (or set {env})",
+        p.display()
+    );
+    p
+}
+
+/// Copies `bin` to `root/dest` and the shared libraries `ldd` lists for it
+/// to the same paths under `root`.
+fn copy_with_libs(root: &Path, bin: &Path, dest: &str) {
+    let to = root.join(dest.trim_start_matches('/'));
+    std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(bin, &to).unwrap_or_else(|e| panic!("copy {}: {e}", bin.display()));
+    let out = tool(Command::new("ldd").arg(bin));
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let lib = l
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+        if let Some(lib) = lib.filter(|l| l.is_file()) {
+            let t = root.join(lib.strip_prefix("/").expect("absolute"));
+            std::fs::create_dir_all(t.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(&lib, &t).unwrap_or_else(|e| panic!("copy {}: {e}", lib.display()));
+        }
+    }
+}
+
+/// The init script: mkfs + fsck on the second disk, ping the host, start
+/// the KVP daemon; each result on the console as `HVKIT-US: ...`.
+fn userspace_init() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /var/lib/hyperv /etc
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+m() {{ echo "{US_MARK} $*"; }}
+m shell
+if mke2fs -q -F /dev/sdb; then m mkfs ok; else m mkfs FAILED; fi
+if /sbin/e2fsck -f -n /dev/sdb; then m fsck ok; else m fsck FAILED; fi
+if ping -c 3 -W 10 {HOST_IP}; then m ping ok; else m ping FAILED; fi
+if /usr/sbin/hv_kvp_daemon; then m kvp daemon started; else m kvp daemon FAILED; fi
+m done
+while true; do sleep 1; done
+"#
+    )
+}
+
+fn make_userspace_image(dir: &Path) -> PathBuf {
+    let busybox = host_file("HVKIT_BUSYBOX", "/bin/busybox", "busybox-static");
+    let kvp = host_file(
+        "HVKIT_KVP_DAEMON",
+        "/usr/sbin/hv_kvp_daemon",
+        "hyperv-daemons",
+    );
+    let e2fsck = host_file("HVKIT_E2FSCK", "/sbin/e2fsck", "e2fsprogs");
+    let root = dir.join("us-rootfs");
+    for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "usr/sbin"] {
+        std::fs::create_dir_all(root.join(d)).expect("rootfs dirs");
+    }
+    std::fs::copy(&busybox, root.join("bin/busybox")).expect("copy busybox");
+    copy_with_libs(&root, &kvp, "/usr/sbin/hv_kvp_daemon");
+    copy_with_libs(&root, &e2fsck, "/sbin/e2fsck");
+    use std::os::unix::fs::PermissionsExt;
+    for (path, text) in [
+        ("sbin/init", userspace_init()),
+        // hv_utils' orderly_poweroff runs this on the shutdown request.
+        (
+            "sbin/poweroff",
+            "#!/bin/busybox sh\n/bin/busybox sync\n/bin/busybox poweroff -f\n".to_owned(),
+        ),
+    ] {
+        std::fs::write(root.join(path), text).expect("write script");
+        std::fs::set_permissions(root.join(path), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let image = dir.join("us-root.ext4");
+    let out = tool(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "hvkit-us", "-E", "root_owner=0:0", "-d"])
+            .arg(&root)
+            .arg(&image)
+            .arg("64M"),
+    );
+    assert!(
+        out.status.success(),
+        "mkfs.ext4 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image
+}
+
+#[test]
+#[ignore = "slow tier: needs the Linux test kernel; runs only with HVKIT_LINUX_USERSPACE=1 on a VMX/SVM host"]
+fn linux_userspace_mkfs_fsck_ping_and_kvp() {
+    if std::env::var(USERSPACE_SWITCH).as_deref() != Ok("1") {
+        eprintln!(
+            "skipped: set {USERSPACE_SWITCH}=1 to run the user-space checks (VMX/SVM hosts only)"
+        );
+        return;
+    }
+    require_kvm();
+    let blocker = userspace_blocker();
+    if let Some(why) = &blocker {
+        eprintln!("warning: {why}; running anyway, expect a failure");
+    }
+    let kernel = kernel_path();
+    let dir = std::env::temp_dir().join(format!("hvkit-linux-us-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let image = make_userspace_image(&dir);
+    let scratch = dir.join("scratch.img");
+    std::fs::File::create(&scratch)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("scratch disk");
+
+    let ns = TestNetns::new().unwrap_or_else(|e| panic!("network setup: {e} (needs root)"));
+    let tap = ns
+        .create_tap(TAP, HOST_IP, 24)
+        .unwrap_or_else(|e| panic!("network setup: TAP {TAP}: {e}"));
+    let mut nic_cfg = NicConfig::numbered(0);
+    nic_cfg.mac = GUEST_MAC;
+    let nic = Nic::new(nic_cfg, tap as Arc<dyn FrameBackend>).expect("NIC on the TAP");
+    let cmdline = format!("{DEFAULT_CMDLINE} {}", ip_param());
+    let mut boot = Boot::start(&kernel, &[&image, &scratch], &dir, vec![nic], &cmdline);
+    let b = &boot;
+    let note = blocker.map_or(String::new(), |w| format!(" [{w}]"));
+    let step = |name: &str, want: &str| {
+        let limit = BOOT_LIMIT + Duration::from_secs(300);
+        let mut done = false;
+        while !done {
+            let t = b.console_text();
+            if t.contains(want) {
+                done = true;
+            } else if t.contains(&format!("{US_MARK} {} FAILED", name)) {
+                b.fail(name, &format!("the guest reported {name} FAILED{note}"));
+            } else if let Some(f) = FATAL
+                .iter()
+                .chain(&["Attempted to kill init"])
+                .find(|f| t.contains(**f))
+            {
+                b.fail(name, &format!("the kernel printed {f:?}{note}"));
+            } else if b.run.as_ref().is_some_and(|r| r.is_finished()) {
+                b.fail(name, &format!("the run ended before this step{note}"));
+            } else if b.start.elapsed() > limit {
+                b.fail(name, &format!("timed out{note}"));
+            } else {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        eprintln!(
+            "[{:7.1} s wall] step ok: user space: {name}",
+            b.start.elapsed().as_secs_f64()
+        );
+    };
+    for c in US_CHECKS {
+        step(c, &format!("{US_MARK} {c}"));
+    }
+    // The daemon registers with hv_utils; the host then reads the guest's
+    // intrinsic (auto) pool.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let items = loop {
+        let r = client::request(
+            &b.socket,
+            "PUT",
+            "kvp.enumerate",
+            Some(&json!({"pool": "auto"})),
+            Duration::from_secs(30),
+        );
+        match r {
+            Ok(r) if r.status == 200 && r.body.to_string().contains("OSName") => break r.body,
+            _ if Instant::now() > deadline => b.fail(
+                "KVP: host enumerates the guest's auto pool",
+                &format!("no OSName item from hv_kvp_daemon: {r:?}"),
+            ),
+            _ => std::thread::sleep(Duration::from_secs(2)),
+        }
+    };
+    eprintln!("step ok: KVP auto pool from hv_kvp_daemon: {items}");
+    let r = client::request(
+        &b.socket,
+        "PUT",
+        "vm.shutdown",
+        Some(&json!({"timeout_secs": 300, "message": "hvkit user-space checks done"})),
+        Duration::from_secs(330),
+    );
+    if !r.as_ref().is_ok_and(|r| r.status == 200) {
+        b.fail("shutdown request", &format!("{r:?}"));
+    }
+    let out = boot
+        .run
+        .take()
+        .expect("run thread")
+        .join()
+        .expect("the run thread panicked")
+        .unwrap_or_else(|e| panic!("the partition failed: {e}"));
+    assert!(
+        matches!(out.end, RunEnd::PoweredOff { .. }),
+        "step \"user space powers off\": {:?}\n--- console tail ---\n{}",
+        out.end,
+        boot.tail()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
