@@ -36,6 +36,8 @@ const DRIVER_OFFER: &str = "hvkit_vmbus: offer relid ";
 const DRIVER_OPENED: &str = "hvkit_vmbus: opened heartbeat";
 const DRIVER_SHUTDOWN: &str = "hvkit_vmbus: shutdown request accepted";
 const POWER_DOWN: &str = "reboot: Power down";
+/// What Linux's C Hyper-V drivers print when they bind (absent: `CONFIG_HYPERV=n`).
+const LINUX_HV_DRIVERS: [&str; 3] = ["Vmbus version:", "hv_vmbus:", "hv_utils:"];
 /// Console text that ends the run early as a failure.
 const FATAL: [&str; 4] = ["Kernel panic", "BUG: ", "Oops: ", "hvkit_vmbus: stopped"];
 
@@ -281,6 +283,12 @@ fn rust_driver_in_linux_connects_vmbus_serves_heartbeat_and_powers_off_on_reques
             stats.offers_sent,
             opened.join(", ")
         );
+    }
+    // The answers below can only come from the Rust driver: Linux's own Hyper-V drivers are
+    // not built (hv_vmbus would print "Vmbus version:", hv_utils its IC names).
+    let text = b.console_text();
+    if let Some(c) = LINUX_HV_DRIVERS.iter().find(|c| text.contains(**c)) {
+        b.fail("no C Hyper-V driver", &format!("the console shows {c:?}"));
     }
     b.step(
         "heartbeats answered by the Rust driver (host IC counter >= 2)",
