@@ -5,6 +5,8 @@
 //! `tests/api.rs` drives the guest's integration services through the
 //! control API. This library holds what both need.
 
+pub mod icmp;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 

@@ -33,7 +33,7 @@
 //! file system consistent.
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -323,102 +323,11 @@ fn ip_param() -> String {
     format!("ip={GUEST_IP}::{HOST_IP}:255.255.255.0::{GUEST_IF}:off")
 }
 
-fn icmp_checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = 0;
-    for c in b.chunks(2) {
-        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while s > 0xFFFF {
-        s = (s & 0xFFFF) + (s >> 16);
-    }
-    !(s as u16)
-}
-
-/// A raw ICMP socket opened inside the namespace (usable from any thread).
-fn raw_icmp_socket(ns: &TestNetns) -> OwnedFd {
-    let fd = ns
-        .run(|| {
-            // SAFETY: creates a socket; the fd is owned right away.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_INET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    libc::IPPROTO_ICMP,
-                )
-            };
-            // SAFETY: fd is a fresh socket nobody else owns (checked).
-            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-        })
-        .expect("namespace thread");
-    fd.expect("step \"network setup\": a raw ICMP socket in the namespace (needs root)")
-}
-
-/// One ICMP echo request `seq` to `dst`; the round trip when the matching
-/// reply comes within `wait`.
+/// One echo request `seq` from the namespace to `dst`; the round trip when
+/// the matching reply comes within `wait`.
 fn ping_once(fd: &OwnedFd, dst: Ipv4Addr, seq: u16, wait: Duration) -> Option<Duration> {
     const IDENT: u16 = 0x6876;
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 200_000,
-    };
-    // SAFETY: setsockopt on our own socket with a correctly sized timeval.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(dst.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    let mut pkt = vec![8u8, 0, 0, 0];
-    pkt.extend_from_slice(&IDENT.to_be_bytes());
-    pkt.extend_from_slice(&seq.to_be_bytes());
-    pkt.extend_from_slice(b"hvkit-linux-interop-ping");
-    let c = icmp_checksum(&pkt);
-    pkt[2..4].copy_from_slice(&c.to_be_bytes());
-    let sent = Instant::now();
-    // SAFETY: sendto with a valid buffer and sockaddr_in.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            0,
-            (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    while sent.elapsed() < wait {
-        let mut buf = [0u8; 1500];
-        // SAFETY: recv into our own buffer (bounded by the timeout above).
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n <= 28 {
-            continue;
-        }
-        let ihl = usize::from(buf[0] & 0x0F) * 4;
-        let icmp = &buf[ihl..n as usize];
-        if icmp.len() >= 8
-            && icmp[0] == 0
-            && icmp[4..6] == IDENT.to_be_bytes()
-            && icmp[6..8] == seq.to_be_bytes()
-            && buf[12..16] == dst.octets()
-        {
-            return Some(sent.elapsed());
-        }
-    }
-    None
+    hvkit_tests::icmp::ping_once(fd, dst, IDENT, seq, b"hvkit-linux-interop-ping", wait)
 }
 
 /// The namespace's ARP entry for `ip`: (hardware address, flags).
@@ -496,7 +405,8 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
     let tap: Arc<TapBackend> = ns
         .create_tap(TAP, HOST_IP, 24)
         .unwrap_or_else(|e| panic!("step \"network setup\": TAP {TAP} in the namespace: {e}"));
-    let icmp = raw_icmp_socket(&ns);
+    let icmp = hvkit_tests::icmp::raw_socket(&ns)
+        .expect("step \"network setup\": a raw ICMP socket in the namespace (needs root)");
     let mut nic_cfg = NicConfig::numbered(0);
     nic_cfg.mac = GUEST_MAC;
     let nic = Nic::new(nic_cfg, tap.clone() as Arc<dyn FrameBackend>)

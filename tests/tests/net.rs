@@ -16,7 +16,7 @@
 //!   `net-peer`.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +28,7 @@ use host_test_vmm::net::{
 use host_test_vmm::storage::{ControllerConfig, StorageController};
 use host_test_vmm::vmm::hv_glue;
 use host_test_vmm::vmm::{self, HvFactory, RunOutcome, SerialOutput, VmConfig, EXPECTED_CHECKS};
-use hvkit_tests::{demo_nic, demo_setup_net, guest_elf, require_kvm, DemoNet};
+use hvkit_tests::{demo_nic, demo_setup_net, guest_elf, icmp, require_kvm, DemoNet};
 
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 const TAP: &str = "hvnt0";
@@ -60,76 +60,16 @@ fn assert_checks(out: &RunOutcome, names: &[&str]) {
 
 // ---- the namespace side ---------------------------------------------------------
 
-fn checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = 0;
-    for c in b.chunks(2) {
-        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while s > 0xFFFF {
-        s = (s & 0xFFFF) + (s >> 16);
-    }
-    !(s as u16)
-}
-
 /// Pings `dst` every 100 ms through a raw ICMP socket until `want` replies
 /// (or `stop`); counts replies in `replies`.
 fn pinger(fd: OwnedFd, dst: Ipv4Addr, want: u32, replies: &AtomicU32, stop: &AtomicBool) {
     const IDENT: u16 = 0x6e73;
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
-    // SAFETY: setsockopt on our own socket with a correctly sized timeval.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            size_of::<libc::timeval>() as u32,
-        )
-    };
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(dst.octets()),
-        },
-        sin_zero: [0; 8],
-    };
     let mut seq: u16 = 0;
     while replies.load(Ordering::SeqCst) < want && !stop.load(Ordering::SeqCst) {
         seq = seq.wrapping_add(1);
-        let mut pkt = vec![8u8, 0, 0, 0];
-        pkt.extend_from_slice(&IDENT.to_be_bytes());
-        pkt.extend_from_slice(&seq.to_be_bytes());
-        pkt.extend_from_slice(b"hvkit-netns-ping");
-        let c = checksum(&pkt);
-        pkt[2..4].copy_from_slice(&c.to_be_bytes());
-        // SAFETY: sendto with a valid buffer and sockaddr_in.
-        unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        let mut buf = [0u8; 1500];
-        // SAFETY: recv into our own buffer (bounded by the timeout above).
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n > 28 {
-            let ihl = usize::from(buf[0] & 0x0F) * 4;
-            let icmp = &buf[ihl..n as usize];
-            if icmp.len() >= 8
-                && icmp[0] == 0
-                && icmp[4..6] == IDENT.to_be_bytes()
-                && buf[12..16] == dst.octets()
-            {
-                replies.fetch_add(1, Ordering::SeqCst);
-            }
+        let wait = Duration::from_millis(100);
+        if icmp::ping_once(&fd, dst, IDENT, seq, b"hvkit-netns-ping", wait).is_some() {
+            replies.fetch_add(1, Ordering::SeqCst);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -183,15 +123,7 @@ fn guest_net_checks_pass_over_a_tap_in_a_namespace_with_linux_as_the_peer() {
     let echo_sock = ns
         .udp_socket(SocketAddrV4::new(PEER_IP, ECHO_PORT))
         .expect("UDP echo socket in the namespace");
-    let raw = ns
-        .run(|| {
-            // SAFETY: creates a socket; the fd is owned right away.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
-            // SAFETY: fd is a fresh socket we own (checked below).
-            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-        })
-        .expect("namespace thread")
-        .expect("a raw ICMP socket in the namespace (root)");
+    let raw = icmp::raw_socket(&ns).expect("a raw ICMP socket in the namespace (root)");
 
     let mut cfg = NicConfig::numbered(0);
     cfg.mac = DEMO_GUEST_MAC;
