@@ -71,6 +71,9 @@ pub struct DemoNet {
     /// The switches `nics` name (share one registry between partitions to
     /// put several guests on one switch).
     pub switches: Option<Arc<SwitchRegistry>>,
+    /// netvsp answers the guest's MAC queries with this address instead of
+    /// the configured one (a host lying about the MAC).
+    pub mac_lie: Option<hnet::MacAddr>,
 }
 
 impl Default for DemoNet {
@@ -81,6 +84,7 @@ impl Default for DemoNet {
             nics: vec![demo_nic(hnet::peer::DEMO_GUEST_MAC)],
             peer: true,
             switches: None,
+            mac_lie: None,
         }
     }
 }
@@ -100,6 +104,9 @@ pub fn demo_network(net: &DemoNet) -> (Vec<Arc<hnet::Nic>>, Arc<NetExercise>) {
     let switches = net.switches.clone().unwrap_or_default();
     let nics = hnet::build_nics(&net.nics, &switches, None)
         .unwrap_or_else(|e| panic!("building the demo NICs: {e}"));
+    for nic in &nics {
+        nic.lie_about_mac(net.mac_lie);
+    }
     let peer = net.peer.then(|| {
         let cfg = PeerConfig {
             faults: net.peer_faults,

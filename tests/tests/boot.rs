@@ -500,6 +500,21 @@ fn check_net_udp_fails_when_the_echo_is_corrupted() {
 }
 
 #[test]
+fn check_net_mac_fails_when_netvsp_reports_another_mac() {
+    broken_net_fails(
+        DemoNet {
+            // Outside the 02:15:0a:d5:GG:NN form, so the guest keeps its
+            // default address 10.213.0.2 and only the MAC is wrong.
+            mac_lie: Some(host_test_vmm::net::MacAddr([
+                0x02, 0x15, 0x0a, 0xd6, 0x00, 0x02,
+            ])),
+            ..DemoNet::default()
+        },
+        "net-mac",
+    );
+}
+
+#[test]
 fn check_net_link_fails_without_link_indications() {
     broken_net_fails(
         DemoNet {

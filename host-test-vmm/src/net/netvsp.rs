@@ -282,6 +282,9 @@ struct Shared {
     cfg: NicConfig,
     backend: Arc<dyn FrameBackend>,
     admin_up: AtomicBool,
+    /// Fault injection: the MAC the RNDIS address queries answer instead of
+    /// `cfg.mac` (a host that lies about the address; see [`Nic::lie_about_mac`]).
+    mac_lie: Mutex<Option<MacAddr>>,
     counters: Counters,
     st: Mutex<State>,
 }
@@ -338,6 +341,7 @@ impl Nic {
             cfg,
             backend,
             admin_up: AtomicBool::new(true),
+            mac_lie: Mutex::new(None),
             counters: Counters::default(),
             st: Mutex::new(State {
                 told_link: true,
@@ -390,6 +394,14 @@ impl Nic {
         self.shared.admin_up.store(up, Ordering::SeqCst);
         tracing::info!(nic = %self.shared.cfg.name, up, "net: link set");
         self.shared.update_link();
+    }
+
+    /// Fault injection for tests: answer the guest's MAC address queries with
+    /// `mac` instead of the configured address (from the next query on), so
+    /// a check comparing the guest's MAC with the host's configuration can be
+    /// shown to fail. `None` restores the truth.
+    pub fn lie_about_mac(&self, mac: Option<MacAddr>) {
+        *lock(&self.shared.mac_lie) = mac;
     }
 
     /// Whether the link is up (set from the control side, and the backend's).
@@ -1132,7 +1144,8 @@ impl Shared {
             }),
             Oid::GEN_CURRENT_PACKET_FILTER => u32v(st.filter),
             Oid::ETH_802_3_PERMANENT_ADDRESS | Oid::ETH_802_3_CURRENT_ADDRESS => {
-                (RndisStatus::SUCCESS, self.cfg.mac.0.to_vec())
+                let mac = lock(&self.mac_lie).unwrap_or(self.cfg.mac);
+                (RndisStatus::SUCCESS, mac.0.to_vec())
             }
             Oid::TCP_OFFLOAD_HARDWARE_CAPABILITIES => {
                 let b = offload_capabilities(info, st.version);
