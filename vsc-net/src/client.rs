@@ -20,8 +20,10 @@
 //! **Transmit** through the send buffer: [`NetvscClient::begin_transmit`] reserves a section
 //! (a bitmap of `64 × W` sections) and returns the RNDIS header to write before the frame;
 //! the glue writes header + frame at [`TxReservation::offset`] in the send buffer and calls
-//! [`NetvscClient::queue_transmit`]. The host's completion frees the section. Frames larger
-//! than a section can go GPA-direct from a page the glue owns ([`Placement::Direct`]).
+//! [`NetvscClient::queue_transmit`]. The host's completion frees the section. Any frame up
+//! to the MTU (also one larger than a section) can instead go GPA-direct from a buffer the
+//! glue owns ([`NetvscClient::queue_transmit_direct`], [`Placement::Direct`]); the glue names
+//! its pages in the packet's ranges.
 //!
 //! **Receive**: the host copies RNDIS messages into the receive buffer and sends a
 //! DATA_USING_XFER_PAGES packet naming one range per message. Every range is checked against
@@ -350,6 +352,25 @@ pub struct TxReservation {
 }
 
 impl TxReservation {
+    /// The header bytes.
+    pub fn header(&self) -> &[u8] {
+        &self.header[..self.header_len]
+    }
+}
+
+/// A GPA-direct transmit queued by [`NetvscClient::queue_transmit_direct`]: the glue writes
+/// [`Self::header`] at offset 0 of its direct buffer and the frame right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectReservation {
+    /// The RNDIS header and PPIs.
+    pub header: [u8; MAX_TX_HEADER],
+    /// Bytes of `header` used; the frame follows at `header_len`.
+    pub header_len: usize,
+    /// header_len + frame length: the bytes the GPA-direct ranges must describe.
+    pub total_len: usize,
+}
+
+impl DirectReservation {
     /// The header bytes.
     pub fn header(&self) -> &[u8] {
         &self.header[..self.header_len]
@@ -944,30 +965,76 @@ impl<const W: usize> NetvscClient<W> {
         frame: &[u8],
         offload: TxOffload,
     ) -> Result<usize, TxError> {
+        self.check_direct(frame.len())?;
+        let ppis = self.ppis(offload);
+        let n =
+            rndis::build_packet(out, &ppis, frame).map_err(|_| TxError::BadLength(frame.len()))?;
+        self.push_direct(n);
+        Ok(n)
+    }
+
+    /// [`Self::transmit_direct`] for a glue that writes the bytes into its direct buffer itself
+    /// (a jumbo frame spans several pages, so it is not built in one contiguous buffer):
+    /// reserves the single direct buffer, queues the packet for header + `frame_len` bytes and
+    /// returns the RNDIS header. The glue writes the header at offset 0 of its direct buffer
+    /// and the frame right after it, before it flushes. `capacity` is the direct buffer's size
+    /// in bytes; a message larger than that is refused with [`TxError::BadLength`] (nothing
+    /// reserved or queued).
+    pub fn queue_transmit_direct(
+        &mut self,
+        frame_len: usize,
+        offload: TxOffload,
+        capacity: usize,
+    ) -> Result<DirectReservation, TxError> {
+        self.check_direct(frame_len)?;
+        let ppis = self.ppis(offload);
+        let mut header = [0u8; MAX_TX_HEADER];
+        // Cannot fail: `header` holds MAX_TX_PPIS PPIs and frame_len <= max_frame.
+        let header_len = rndis::build_packet_header(&mut header, &ppis, frame_len)
+            .map_err(|_| TxError::BadLength(frame_len))?;
+        let total_len = header_len + frame_len;
+        if total_len > capacity || u32::try_from(total_len).is_err() {
+            return Err(TxError::BadLength(frame_len));
+        }
+        self.push_direct(total_len);
+        Ok(DirectReservation {
+            header,
+            header_len,
+            total_len,
+        })
+    }
+
+    /// Whether the direct buffer is in use (a GPA-direct transmit awaits its completion).
+    pub fn direct_in_use(&self) -> bool {
+        self.direct_busy
+    }
+
+    fn check_direct(&self, frame_len: usize) -> Result<(), TxError> {
         if self.state != State::Ready {
             return Err(TxError::NotReady);
         }
         if self.direct_busy {
             return Err(TxError::Busy);
         }
-        if frame.len() < ETHERNET_HEADER as usize || frame.len() > self.max_frame() {
-            return Err(TxError::BadLength(frame.len()));
+        if frame_len < ETHERNET_HEADER as usize || frame_len > self.max_frame() {
+            return Err(TxError::BadLength(frame_len));
         }
         if self.outbox.is_full() {
             return Err(TxError::OutboxFull);
         }
-        let ppis = self.ppis(offload);
-        let n =
-            rndis::build_packet(out, &ppis, frame).map_err(|_| TxError::BadLength(frame.len()))?;
+        Ok(())
+    }
+
+    /// Reserves the direct buffer and queues its packet (`check_direct` passed: there is room).
+    fn push_direct(&mut self, len: usize) {
         self.direct_busy = true;
         self.push(OutItem {
             completion: false,
             transaction_id: DIRECT_TX_TRANSACTION_ID,
             completion_requested: true,
             nvsp: NvspMessage::send_rndis_packet(channel_type::DATA, None),
-            placement: Placement::Direct(n as u32),
+            placement: Placement::Direct(len as u32),
         });
-        Ok(n)
     }
 
     // ---- receive ----

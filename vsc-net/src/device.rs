@@ -3,8 +3,11 @@
 //!
 //! [`NetDevice`] moves packets between the client and the channel's rings and bytes between
 //! the client and guest memory: the receive buffer and send buffer (guest pages behind the
-//! GPADLs the caller established, as [`PageBuffer`]s), and one control page for RNDIS control
-//! messages and GPA-direct frames. [`NetDevice::poll`] drains the inbound ring in a batch,
+//! GPADLs the caller established, as [`PageBuffer`]s), one control page for RNDIS control
+//! messages, and a direct-transmit buffer of one or more pages for GPA-direct frames (up to
+//! [`MAX_DIRECT_PAGES`] of them are used: enough for an MTU-9000 frame and its RNDIS header).
+//! A frame goes through a send section when it fits one, otherwise GPA-direct;
+//! [`NetDevice::transmit_direct`] forces the GPA-direct path. [`NetDevice::poll`] drains the inbound ring in a batch,
 //! hands frames to a callback and sends the receive completions at once, so the host can reuse
 //! its buffer space; [`NetDevice::flush`] writes what the client queued.
 //!
@@ -16,7 +19,7 @@
 
 use crate::client::{
     ClientConfig, ClientError, DeviceInfo, Event, InitError, NetvscClient, Placement,
-    ReceiveBuffer, TxError, TxOffload,
+    ReceiveBuffer, TxError, TxOffload, MAX_TX_HEADER,
 };
 use crate::nvsp::MAX_INBOUND_PACKET_SIZE;
 use hypercall::page::PageRef;
@@ -25,6 +28,41 @@ use vmbus_guest::packet::{encode_gpa_direct_single, PacketFlags, PacketType};
 use vmbus_guest::ring::{OutgoingPacket, RingError, RingMemory, SignalNeeded};
 
 const PAGE_SIZE: usize = 4096;
+
+/// Pages of the direct-transmit buffer the glue uses (more are ignored): 16 KiB holds an
+/// MTU-9000 frame with a VLAN tag and its RNDIS header
+/// ([`DIRECT_TX_MIN_PAGES_JUMBO`] pages are enough for that).
+pub const MAX_DIRECT_PAGES: usize = 4;
+
+/// Direct-transmit pages an MTU-9000 device needs to send any frame GPA-direct.
+pub const DIRECT_TX_MIN_PAGES_JUMBO: usize = (MAX_TX_HEADER + 9000 + 14 + 4).div_ceil(PAGE_SIZE);
+
+/// Bytes of a GPA-direct extension with one range per direct page: the
+/// {reserved, range_count} head, then {byte_count, byte_offset, pfn} per range.
+const DIRECT_EXT_LEN: usize = 8 + 16 * MAX_DIRECT_PAGES;
+
+/// Writes the extension of a DATA_USING_GPA_DIRECT packet describing the first `len` bytes of
+/// `pages` (in order, each 4 KiB, not necessarily contiguous) into `out`: one range per page
+/// touched, each {byte_count ≤ 4096, byte_offset 0, one PFN}, as Linux's page buffers
+/// (fact sheet §6.4, §9.3). Returns the bytes written, or `None` if `len` is 0, the pages are
+/// too few or `out` too small.
+fn encode_gpa_direct_pages(out: &mut [u8], pages: &[PageRef<'_>], len: usize) -> Option<usize> {
+    let n = len.div_ceil(PAGE_SIZE);
+    if n == 0 || n > pages.len() {
+        return None;
+    }
+    let total = 8 + 16 * n;
+    let out = out.get_mut(..total)?;
+    out[..4].copy_from_slice(&0u32.to_le_bytes());
+    out[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+    for (i, (r, page)) in out[8..].chunks_exact_mut(16).zip(pages).enumerate() {
+        let count = (len - i * PAGE_SIZE).min(PAGE_SIZE) as u32;
+        r[..4].copy_from_slice(&count.to_le_bytes());
+        r[4..8].copy_from_slice(&0u32.to_le_bytes());
+        r[8..].copy_from_slice(&page.gpn().to_le_bytes());
+    }
+    Some(total)
+}
 
 /// How the glue signals the host (HvSignalEvent on the channel's connection id).
 pub trait HostSignal {
@@ -117,7 +155,8 @@ pub enum DeviceError {
     Tx(TxError),
     /// Nothing arrived within `max_polls` rounds.
     Timeout,
-    /// The control page cannot hold a message (cannot happen with a 4 KiB page).
+    /// The control page cannot hold a message (cannot happen with a 4 KiB page), or the
+    /// direct-transmit pages cannot be named in a packet.
     ControlPage,
 }
 
@@ -181,15 +220,18 @@ pub struct NetDevice<'p, 'a, M: RingMemory, S: HostSignal, const W: usize = 4> {
     receive: PageBuffer<'p, 'a>,
     send: PageBuffer<'p, 'a>,
     control: PageRef<'a>,
-    direct: PageRef<'a>,
+    direct: PageBuffer<'p, 'a>,
     link_up: bool,
     stats: DeviceStats,
 }
 
 impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, S, W> {
     /// The device over an open channel. `receive`/`send` are the pages of the GPADLs named in
-    /// `config`; `control` and `direct` are two more pages the host can address (RNDIS control
-    /// messages, GPA-direct frames). Call [`Self::init`] next, or use [`Self::open`].
+    /// `config`; `control` is one more page the host can address (RNDIS control messages) and
+    /// `direct` more pages (in any physical order) for GPA-direct frames: a frame is sent
+    /// GPA-direct only if header + frame fit the first [`MAX_DIRECT_PAGES`] of them
+    /// ([`DIRECT_TX_MIN_PAGES_JUMBO`] for any MTU-9000 frame, one page for MTU 1500 and
+    /// smaller). Call [`Self::init`] next, or use [`Self::open`].
     pub fn new(
         channel: Channel<M, 1>,
         signal: S,
@@ -197,7 +239,7 @@ impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, 
         receive: &'p [PageRef<'a>],
         send: &'p [PageRef<'a>],
         control: PageRef<'a>,
-        direct: PageRef<'a>,
+        direct: &'p [PageRef<'a>],
     ) -> Self {
         Self {
             channel,
@@ -206,7 +248,7 @@ impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, 
             receive: PageBuffer::new(receive),
             send: PageBuffer::new(send),
             control,
-            direct,
+            direct: PageBuffer::new(&direct[..direct.len().min(MAX_DIRECT_PAGES)]),
             link_up: false,
             stats: DeviceStats::default(),
         }
@@ -221,7 +263,7 @@ impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, 
         receive: &'p [PageRef<'a>],
         send: &'p [PageRef<'a>],
         control: PageRef<'a>,
-        direct: PageRef<'a>,
+        direct: &'p [PageRef<'a>],
         max_polls: u64,
     ) -> Result<Self, DeviceError> {
         let mut d = Self::new(channel, signal, config, receive, send, control, direct);
@@ -268,24 +310,27 @@ impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, 
     pub fn flush(&mut self) -> Result<usize, DeviceError> {
         let mut n = 0;
         let mut signal = false;
-        let mut ext = [0u8; 24];
+        let mut ext = [0u8; DIRECT_EXT_LEN];
         let mut retried = false;
         while let Some(out) = self.client.peek_transmit() {
             let (ty, ext_len) = match out.placement {
-                Placement::Control | Placement::Direct(_) => {
-                    let (page, len) = if out.placement == Placement::Control {
-                        if out.rndis.len() > PAGE_SIZE {
-                            return Err(DeviceError::ControlPage);
-                        }
-                        self.control.write_bytes(0, out.rndis);
-                        (&self.control, out.rndis.len() as u32)
-                    } else {
-                        let Placement::Direct(len) = out.placement else {
-                            unreachable!()
-                        };
-                        (&self.direct, len)
+                Placement::Control => {
+                    if out.rndis.len() > PAGE_SIZE {
+                        return Err(DeviceError::ControlPage);
+                    }
+                    self.control.write_bytes(0, out.rndis);
+                    let len = out.rndis.len() as u32;
+                    let Some(k) = encode_gpa_direct_single(&mut ext, 0, len, &[self.control.gpn()])
+                    else {
+                        return Err(DeviceError::ControlPage);
                     };
-                    let Some(k) = encode_gpa_direct_single(&mut ext, 0, len, &[page.gpn()]) else {
+                    (PacketType::DATA_USING_GPA_DIRECT, k)
+                }
+                Placement::Direct(len) => {
+                    // The bytes are already in the direct pages (written before queuing).
+                    let Some(k) =
+                        encode_gpa_direct_pages(&mut ext, self.direct.pages(), len as usize)
+                    else {
                         return Err(DeviceError::ControlPage);
                     };
                     (PacketType::DATA_USING_GPA_DIRECT, k)
@@ -431,16 +476,45 @@ impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, 
     }
 
     /// Sends one Ethernet frame (without FCS) through a send-buffer section, or GPA-direct
-    /// from the direct page if it does not fit a section. Polls (dropping received frames) up
-    /// to `max_polls` rounds while every section is busy.
+    /// from the direct buffer if it does not fit a section. Polls (dropping received frames)
+    /// up to `max_polls` rounds while every section (or the direct buffer) is busy.
     pub fn transmit(
         &mut self,
         frame: &[u8],
         offload: TxOffload,
         max_polls: u64,
     ) -> Result<(), DeviceError> {
+        self.transmit_via(frame, offload, max_polls, false)
+    }
+
+    /// Sends one Ethernet frame (without FCS) GPA-direct from the direct buffer, whatever its
+    /// size: header and frame are written to the direct pages and named page by page in the
+    /// packet's ranges. Refused with [`TxError::BadLength`] if the frame is larger than the
+    /// MTU allows or header + frame do not fit the direct buffer. Polls (dropping received
+    /// frames) up to `max_polls` rounds while the direct buffer is busy.
+    pub fn transmit_direct(
+        &mut self,
+        frame: &[u8],
+        offload: TxOffload,
+        max_polls: u64,
+    ) -> Result<(), DeviceError> {
+        self.transmit_via(frame, offload, max_polls, true)
+    }
+
+    fn transmit_via(
+        &mut self,
+        frame: &[u8],
+        offload: TxOffload,
+        max_polls: u64,
+        force_direct: bool,
+    ) -> Result<(), DeviceError> {
         for _ in 0..max_polls.max(1) {
-            match self.client.begin_transmit(frame.len(), offload) {
+            let section = if force_direct {
+                Err(TxError::BadLength(frame.len()))
+            } else {
+                self.client.begin_transmit(frame.len(), offload)
+            };
+            match section {
                 Ok(r) => {
                     let ok = self.send.write(r.offset, r.header())
                         && self.send.write(r.offset + r.header_len, frame);
@@ -454,15 +528,22 @@ impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, 
                     return Ok(());
                 }
                 Err(TxError::BadLength(_)) if frame.len() <= self.client.max_frame() => {
-                    let mut page = [0u8; PAGE_SIZE];
-                    match self.client.transmit_direct(&mut page, frame, offload) {
-                        Ok(n) => {
-                            self.direct.write_bytes(0, &page[..n]);
+                    let capacity = self.direct.len();
+                    match self
+                        .client
+                        .queue_transmit_direct(frame.len(), offload, capacity)
+                    {
+                        Ok(r) => {
+                            // Within `capacity`, so both writes succeed; the packet is queued
+                            // but only goes out with the flush below, after the bytes.
+                            let ok = self.direct.write(0, r.header())
+                                && self.direct.write(r.header_len, frame);
+                            debug_assert!(ok);
                             self.stats.frames_sent += 1;
                             self.flush()?;
                             return Ok(());
                         }
-                        Err(TxError::Busy) => {}
+                        Err(TxError::Busy) | Err(TxError::OutboxFull) => {}
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -624,5 +705,59 @@ pub mod smoltcp_phy {
             c.max_burst_size = Some(1);
             c
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::sync::atomic::AtomicU64;
+    use std::vec::Vec;
+
+    fn le32(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    /// One range per page touched, each {len within the page, offset 0, that page's PFN}, in
+    /// buffer order (the pages need not be contiguous).
+    #[test]
+    fn direct_ranges_name_each_page() {
+        let words: Vec<[AtomicU64; 512]> = (0..3)
+            .map(|_| core::array::from_fn(|_| AtomicU64::new(0)))
+            .collect();
+        let gpas = [0x9000u64, 0x2000, 0x5000];
+        let pages: Vec<PageRef<'_>> = words
+            .iter()
+            .zip(gpas)
+            .map(|(w, g)| PageRef::new(w, g).unwrap())
+            .collect();
+        let mut ext = [0u8; DIRECT_EXT_LEN];
+        for (len, want) in [
+            (1usize, &[1u32][..]),
+            (4096, &[4096]),
+            (4097, &[4096, 1]),
+            (44 + 9018, &[4096, 4096, 870]),
+            (3 * 4096, &[4096, 4096, 4096]),
+        ] {
+            let n = encode_gpa_direct_pages(&mut ext, &pages, len).unwrap();
+            assert_eq!(n, 8 + 16 * want.len());
+            assert_eq!((le32(&ext, 0), le32(&ext, 4)), (0, want.len() as u32));
+            for (i, &count) in want.iter().enumerate() {
+                let r = &ext[8 + 16 * i..];
+                assert_eq!((le32(r, 0), le32(r, 4)), (count, 0), "len {len} range {i}");
+                assert_eq!(
+                    u64::from_le_bytes(r[8..16].try_into().unwrap()),
+                    gpas[i] >> 12
+                );
+            }
+        }
+        assert_eq!(encode_gpa_direct_pages(&mut ext, &pages, 0), None);
+        assert_eq!(
+            encode_gpa_direct_pages(&mut ext, &pages, 3 * 4096 + 1),
+            None
+        );
+        assert_eq!(encode_gpa_direct_pages(&mut ext[..23], &pages, 4097), None);
+        const { assert!(DIRECT_TX_MIN_PAGES_JUMBO <= MAX_DIRECT_PAGES) };
     }
 }

@@ -669,7 +669,7 @@ fn ring_points(
             &mem.rx,
             &mem.tx,
             mem.control,
-            mem.direct,
+            std::slice::from_ref(&mem.direct),
             R_POLLS,
         )
         .map_err(|e| setup("netvsc bring-up", &e))?;

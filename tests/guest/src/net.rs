@@ -39,7 +39,7 @@ use smoltcp::wire::{
 use vmbus_guest::guid;
 use vsc_net::client::{BufferConfig, ClientConfig, Event};
 use vsc_net::device::smoltcp_phy::SmolDevice;
-use vsc_net::device::{HostSignal, NetDevice};
+use vsc_net::device::{HostSignal, NetDevice, DIRECT_TX_MIN_PAGES_JUMBO};
 
 use crate::irq;
 use crate::pages::RING_PAGES;
@@ -52,8 +52,11 @@ const TX_PAGES: usize = 12;
 static RING: [Page; RING_PAGES] = [const { Page::new() }; RING_PAGES];
 static RX: [Page; RX_PAGES] = [const { Page::new() }; RX_PAGES];
 static TX: [Page; TX_PAGES] = [const { Page::new() }; TX_PAGES];
-/// The RNDIS control page and the GPA-direct transmit page.
-static CONTROL: [Page; 2] = [const { Page::new() }; 2];
+/// The RNDIS control page.
+static CONTROL: [Page; 1] = [const { Page::new() }; 1];
+/// The GPA-direct transmit buffer (any frame up to the MTU plus its RNDIS header).
+static DIRECT: [Page; DIRECT_TX_MIN_PAGES_JUMBO] =
+    [const { Page::new() }; DIRECT_TX_MIN_PAGES_JUMBO];
 
 /// The host side's address.
 pub const PEER_IP: Ipv4Address = Ipv4Address::new(10, 213, 0, 1);
@@ -381,7 +384,8 @@ fn checks<P: Platform>(sh: &Shared<'_, P>) {
     let ring = vmbus_guest::ring::identity_mapped_refs(&RING);
     let rx = vmbus_guest::ring::identity_mapped_refs(&RX);
     let tx = vmbus_guest::ring::identity_mapped_refs(&TX);
-    let [control, direct] = vmbus_guest::ring::identity_mapped_refs(&CONTROL);
+    let [control] = vmbus_guest::ring::identity_mapped_refs(&CONTROL);
+    let direct = vmbus_guest::ring::identity_mapped_refs(&DIRECT);
 
     // net-init
     let setup = (|| {
@@ -413,7 +417,7 @@ fn checks<P: Platform>(sh: &Shared<'_, P>) {
     // smoltcp computes every checksum itself.
     config.checksum_offload = false;
     let mut dev: Dev<'_, '_, '_, P> =
-        NetDevice::new(chan, Sig(sh), config, &rx, &tx, control, direct);
+        NetDevice::new(chan, Sig(sh), config, &rx, &tx, control, &direct);
     let mut links = Links::default();
     let info = match dev.init_with(MAX_POLLS, |e| links.on_event(&e)) {
         Ok(i) => i,
