@@ -323,6 +323,9 @@ fn bring_up_negotiates_everything() {
         assert_eq!(info.max_packets_per_message, 8);
         // The host offers no checksum offload: the guest must not use it.
         assert!(!info.tx_tcp4_checksum && !info.tx_udp4_checksum);
+        // The host frees the pieces that carried its RNDIS replies on its
+        // worker thread, after the guest's completions: wait for that.
+        settle(&mut dev, &h.nics[0]);
         let s = h.nics[0].stats();
         assert_eq!(s.version.as_deref(), ProtocolVersion::V61.name());
         assert!(s.rndis_ready && s.link_up);
