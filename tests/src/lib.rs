@@ -6,6 +6,7 @@
 //! control API. This library holds what both need.
 
 pub mod icmp;
+pub mod linux;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

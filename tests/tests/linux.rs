@@ -36,17 +36,18 @@ use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use host_test_vmm::api::{self, client};
+use host_test_vmm::api::client;
 use host_test_vmm::net::{FrameBackend, MacAddr, Nic, NicConfig, TapBackend, TestNetns};
 use host_test_vmm::storage::{ControllerConfig, DiskSpec, StorageController};
 use host_test_vmm::vmm::hv_glue::{self, HvPort};
-use host_test_vmm::vmm::linux::{LinuxBoot, DEFAULT_CMDLINE};
-use host_test_vmm::vmm::{RunEnd, SerialOutput, VmConfig};
+use host_test_vmm::vmm::linux::DEFAULT_CMDLINE;
+use host_test_vmm::vmm::RunEnd;
+use hvkit_tests::linux::{channel_opened, kernel_path, Boot, Tier, BOOT_LIMIT};
 use hvkit_tests::require_kvm;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// i386, from `_start: 1: pause; jmp 1b` (`as --32`; `ld -m elf_i386 -N -s
 /// -e _start -Ttext=0x08048054`: one PT_LOAD whose file offset and address
@@ -100,35 +101,20 @@ const GUEST_IF: &str = "eth0";
 /// ICMP echo requests the namespace sends (each must be answered).
 const PINGS: u16 = 5;
 
-const RUN_LIMIT: Duration = Duration::from_secs(1500);
-const BOOT_LIMIT: Duration = Duration::from_secs(1200);
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
+/// Failures name the tier; a kernel panic ends the run early.
+const TIER: Tier = Tier {
+    name: "Linux interop",
+    fatal: &FATAL,
+    ic_on_failure: false,
+};
 
 /// The kernel from linux/build-kernel.sh's cache; fails loudly when it is not built.
-fn kernel_path() -> PathBuf {
-    let script = workspace_root().join("linux/build-kernel.sh");
-    let out = Command::new(&script)
-        .arg("--print-path")
-        .output()
-        .unwrap_or_else(|e| panic!("running {} --print-path: {e}", script.display()));
-    let path = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    assert!(
-        out.status.success() && Path::new(&path).is_file(),
-        "the Linux test kernel is not built ({}): run linux/build-kernel.sh first (about 20 min on 2 cores)",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    PathBuf::from(path)
+fn linux_kernel_path() -> PathBuf {
+    kernel_path(
+        "linux/build-kernel.sh",
+        "the Linux test kernel is not built",
+        "about 20 min on 2 cores",
+    )
 }
 
 fn tool(cmd: &mut Command) -> std::process::Output {
@@ -177,145 +163,37 @@ fn superblock_field(image: &Path, field: &str) -> String {
         .unwrap_or_else(|| panic!("dumpe2fs -h prints no {field:?}"))
 }
 
-/// One boot of the Linux kernel with the control API and the host's view of it.
-struct Boot {
-    start: Instant,
-    console: PathBuf,
-    socket: PathBuf,
-    port: Arc<Mutex<Option<Arc<dyn HvPort>>>>,
-    storage: Arc<StorageController>,
-    run: Option<std::thread::JoinHandle<Result<host_test_vmm::vmm::RunOutcome, api::ApiRunError>>>,
-}
-
-impl Boot {
-    fn start(
-        kernel: &Path,
-        disks: &[&Path],
-        dir: &Path,
-        net: Vec<Arc<Nic>>,
-        cmdline: &str,
-    ) -> Self {
-        let console = dir.join("console.log");
-        let socket = dir.join("api.sock");
-        let storage = StorageController::with_disks(
-            ControllerConfig::default(),
-            &disks
-                .iter()
-                .map(|d| {
-                    d.to_str()
-                        .map(|p| format!("path={p}"))
-                        .expect("utf-8 temp path")
-                        .parse::<DiskSpec>()
-                        .expect("disk spec")
-                })
-                .collect::<Vec<_>>(),
-        )
-        .unwrap_or_else(|e| panic!("opening the disk images: {e}"));
-        let factory = hv_glue::hyperv_with_vmbus(hv_glue::VmbusPartitionOptions {
-            storage: Some(storage.clone()),
-            // Only real device classes: no echo device or hypercall test services.
-            test_devices: false,
-            net,
-            ..hv_glue::VmbusPartitionOptions::default()
-        });
-        let port: Arc<Mutex<Option<Arc<dyn HvPort>>>> = Arc::default();
-        let keep = port.clone();
-        let mut cfg = VmConfig::from_file(kernel).expect("read the kernel");
-        cfg.hv = Arc::new(move |ctx| {
-            let p = factory(ctx)?;
-            *keep.lock().unwrap() = Some(p.clone());
-            Ok(p)
-        });
-        cfg.memory = 256 << 20;
-        cfg.cpus = 1;
-        cfg.serial = SerialOutput::File(console.clone());
-        cfg.timeout = Some(RUN_LIMIT);
-        cfg.expected_checks.clear();
-        cfg.linux = Some(LinuxBoot {
-            cmdline: cmdline.to_owned(),
-            initrd: None,
-        });
-        let run_socket = socket.clone();
-        let start = Instant::now();
-        let run = std::thread::spawn(move || api::run_with_api(cfg, &run_socket));
-        Self {
-            start,
-            console,
-            socket,
-            port,
-            storage,
-            run: Some(run),
-        }
-    }
-
-    fn console_text(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
-    }
-
-    fn tail(&self) -> String {
-        let text = self.console_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-
-    fn port(&self) -> Option<Arc<dyn HvPort>> {
-        self.port.lock().unwrap().clone()
-    }
-
-    fn fail(&self, step: &str, why: &str) -> ! {
-        panic!(
-            "Linux interop step {step:?} failed after {:.0} s: {why}\n--- console tail ---\n{}\n--- VMBus ---\n{}",
-            self.start.elapsed().as_secs_f64(),
-            self.tail(),
-            self.port()
-                .and_then(|p| p.vmbus_stats())
-                .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default())
-                .unwrap_or_default()
-        )
-    }
-
-    /// Waits until `ok` holds (polled every 250 ms) or `limit` since boot passes;
-    /// fails at once on a kernel panic or the end of the run.
-    fn step(&self, name: &str, limit: Duration, mut ok: impl FnMut(&Self, &str) -> bool) {
-        loop {
-            let text = self.console_text();
-            if ok(self, &text) {
-                let printk = printk_time(&text);
-                eprintln!(
-                    "[{:7.1} s wall | guest {}] step ok: {name}",
-                    self.start.elapsed().as_secs_f64(),
-                    printk.map_or("?".into(), |t| format!("{t:.1} s"))
-                );
-                return;
-            }
-            if let Some(f) = FATAL.iter().find(|f| text.contains(**f)) {
-                self.fail(name, &format!("the kernel printed {f:?}"));
-            }
-            if self.run.as_ref().is_some_and(|r| r.is_finished()) {
-                self.fail(name, "the run ended before this step");
-            }
-            if self.start.elapsed() > limit {
-                self.fail(name, "timed out");
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn ic(&self) -> Value {
-        client::request(&self.socket, "GET", "ic", None, Duration::from_secs(10))
-            .ok()
-            .filter(|r| r.status == 200)
-            .map(|r| r.body)
-            .unwrap_or(Value::Null)
-    }
-}
-
-/// The printk timestamp of the last complete `[ secs.usecs]` line.
-fn printk_time(text: &str) -> Option<f64> {
-    text.lines().rev().find_map(|l| {
-        let rest = l.trim_start().strip_prefix('[')?;
-        rest.split(']').next()?.trim().parse().ok()
-    })
+/// Boots `kernel` with `cmdline`, `disks` on the SCSI controller and the
+/// NICs `net`; returns the boot and its storage controller.
+fn start_boot(
+    kernel: &Path,
+    disks: &[&Path],
+    dir: &Path,
+    net: Vec<Arc<Nic>>,
+    cmdline: &str,
+) -> (Boot, Arc<StorageController>) {
+    let storage = StorageController::with_disks(
+        ControllerConfig::default(),
+        &disks
+            .iter()
+            .map(|d| {
+                d.to_str()
+                    .map(|p| format!("path={p}"))
+                    .expect("utf-8 temp path")
+                    .parse::<DiskSpec>()
+                    .expect("disk spec")
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_or_else(|e| panic!("opening the disk images: {e}"));
+    let options = hv_glue::VmbusPartitionOptions {
+        storage: Some(storage.clone()),
+        // Only real device classes: no echo device or hypercall test services.
+        test_devices: false,
+        net,
+        ..hv_glue::VmbusPartitionOptions::default()
+    };
+    (Boot::start(kernel, dir, options, cmdline, TIER), storage)
 }
 
 /// The kernel's static IP autoconfiguration for eth0 (no DHCP, no autoconf).
@@ -373,19 +251,11 @@ fn per(n: u64, d: u64) -> String {
     }
 }
 
-fn channel_opened(p: &dyn HvPort, device: &str) -> bool {
-    p.vmbus_stats().is_some_and(|s| {
-        s.channels
-            .values()
-            .any(|c| c.device == device && c.opens > 0)
-    })
-}
-
 #[test]
 #[ignore = "slow tier: needs the Linux test kernel (linux/build-kernel.sh)"]
 fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
     require_kvm();
-    let kernel = kernel_path();
+    let kernel = linux_kernel_path();
     let dir = std::env::temp_dir().join(format!("hvkit-linux-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -414,7 +284,7 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
     let cmdline = format!("{DEFAULT_CMDLINE} {}", ip_param());
     eprintln!("cmdline: {cmdline}");
 
-    let mut boot = Boot::start(&kernel, &[&image], &dir, vec![nic.clone()], &cmdline);
+    let (mut boot, storage) = start_boot(&kernel, &[&image], &dir, vec![nic.clone()], &cmdline);
     let b = &boot;
 
     b.step("Hyper-V detected", BOOT_LIMIT, |_, t| {
@@ -434,8 +304,8 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
     b.step(
         "storvsc scanned the disk (INQUIRY, READ CAPACITY, partition table)",
         BOOT_LIMIT,
-        |b, t| {
-            let s = b.storage.stats();
+        |_, t| {
+            let s = storage.stats();
             [DISK_INQUIRY, DISK_CAPACITY, DISK_ATTACHED]
                 .iter()
                 .all(|m| t.contains(m))
@@ -456,19 +326,7 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
                 .is_some_and(|p| IC_DRIVERS.iter().all(|d| channel_opened(&*p, d)))
         },
     );
-    if let Some(stats) = b.port().and_then(|p| p.vmbus_stats()) {
-        let opened: Vec<String> = stats
-            .channels
-            .values()
-            .map(|c| format!("{} (opens {})", c.device, c.opens))
-            .collect();
-        eprintln!(
-            "VMBus {}: offers {}, channels: {}",
-            stats.version.as_deref().unwrap_or("?"),
-            stats.offers_sent,
-            opened.join(", ")
-        );
-    }
+    b.print_channels();
     b.step("the kernel runs /sbin/init", BOOT_LIMIT, |_, t| {
         t.contains(RUN_INIT)
     });
@@ -611,7 +469,7 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
     );
 
     // storvsc's notifications per completed SCSI request over the whole boot.
-    let st = b.storage.stats();
+    let st = storage.stats();
     let sg = b
         .port()
         .map(|p| signals(&*p, "storvsp"))
@@ -634,48 +492,9 @@ fn linux_boots_with_hyperv_drivers_mounts_root_and_powers_off_on_request() {
     );
 
     // Shutdown IC -> hv_utils -> orderly_poweroff -> /sbin/poweroff (i386) -> ACPI S5.
-    let shutdown_ready = |b: &Boot| {
-        b.ic()["services"].as_array().is_some_and(|l| {
-            l.iter()
-                .any(|s| s["service"] == "shutdown" && s["state"] == "ready")
-        })
-    };
-    b.step("shutdown IC negotiated", BOOT_LIMIT, |b, _| {
-        shutdown_ready(b)
-    });
-    let r = client::request(
-        &b.socket,
-        "PUT",
-        "vm.shutdown",
-        Some(&json!({"timeout_secs": 300, "message": "hvkit Linux interop: power off"})),
-        Duration::from_secs(330),
-    )
-    .unwrap_or_else(|e| b.fail("shutdown request", &format!("PUT vm.shutdown: {e}")));
-    if r.status != 200 || r.body["result"] != "guest-shut-down" {
-        b.fail(
-            "shutdown request",
-            &format!("PUT vm.shutdown -> {} {}", r.status, r.body),
-        );
-    }
-    eprintln!(
-        "[{:7.1} s wall] step ok: shutdown request acknowledged, guest stopped",
-        b.start.elapsed().as_secs_f64()
-    );
+    b.request_shutdown("hvkit Linux interop: power off");
 
-    let out = boot
-        .run
-        .take()
-        .expect("run thread")
-        .join()
-        .expect("the run thread panicked")
-        .unwrap_or_else(|e| panic!("the partition failed: {e}"));
-    let text = boot.console_text();
-    assert!(
-        matches!(out.end, RunEnd::PoweredOff { .. }),
-        "step \"kernel powers off\": the run ended with {:?}\n--- console tail ---\n{}",
-        out.end,
-        boot.tail()
-    );
+    let text = boot.finish_powered_off();
     eprintln!(
         "[{:7.1} s wall] step ok: kernel powered off through ACPI S5",
         boot.start.elapsed().as_secs_f64()
@@ -849,7 +668,7 @@ fn linux_userspace_mkfs_fsck_ping_and_kvp() {
     if let Some(why) = &blocker {
         eprintln!("warning: {why}; running anyway, expect a failure");
     }
-    let kernel = kernel_path();
+    let kernel = linux_kernel_path();
     let dir = std::env::temp_dir().join(format!("hvkit-linux-us-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -867,7 +686,7 @@ fn linux_userspace_mkfs_fsck_ping_and_kvp() {
     nic_cfg.mac = GUEST_MAC;
     let nic = Nic::new(nic_cfg, tap as Arc<dyn FrameBackend>).expect("NIC on the TAP");
     let cmdline = format!("{DEFAULT_CMDLINE} {}", ip_param());
-    let mut boot = Boot::start(&kernel, &[&image, &scratch], &dir, vec![nic], &cmdline);
+    let (mut boot, _storage) = start_boot(&kernel, &[&image, &scratch], &dir, vec![nic], &cmdline);
     let b = &boot;
     let note = blocker.map_or(String::new(), |w| format!(" [{w}]"));
     let step = |name: &str, want: &str| {
@@ -932,13 +751,7 @@ fn linux_userspace_mkfs_fsck_ping_and_kvp() {
     if !r.as_ref().is_ok_and(|r| r.status == 200) {
         b.fail("shutdown request", &format!("{r:?}"));
     }
-    let out = boot
-        .run
-        .take()
-        .expect("run thread")
-        .join()
-        .expect("the run thread panicked")
-        .unwrap_or_else(|e| panic!("the partition failed: {e}"));
+    let out = boot.finish();
     assert!(
         matches!(out.end, RunEnd::PoweredOff { .. }),
         "step \"user space powers off\": {:?}\n--- console tail ---\n{}",
