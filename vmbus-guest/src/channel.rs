@@ -42,6 +42,16 @@ impl core::fmt::Display for ChannelError {
     }
 }
 
+/// What [`Channel::send_or_request_space`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Written (with anything staged before it); signal the host when this says so.
+    Sent(SignalNeeded),
+    /// No room: the host has been asked (pending_send_sz) to signal once it has freed enough;
+    /// send the packet again then.
+    Full,
+}
+
 /// A received packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received<'b> {
@@ -105,6 +115,30 @@ impl<M: RingMemory, const P: usize> Channel<M, P> {
         packet: &OutgoingPacket<'_>,
     ) -> Result<SignalNeeded, ChannelError> {
         Ok(self.tx.try_write(packet)?)
+    }
+
+    /// Sends `packet` like [`Channel::send_packet`], but a full ring is an outcome, not an
+    /// error: the host is asked to signal once the packet fits (pending_send_sz), and if room
+    /// appeared meanwhile the packet is written at once (one retry). Drivers keep an unsent
+    /// packet queued and flush again on the host's signal.
+    pub fn send_or_request_space(
+        &mut self,
+        packet: &OutgoingPacket<'_>,
+    ) -> Result<SendOutcome, ChannelError> {
+        let mut retried = false;
+        loop {
+            match self.tx.try_write(packet) {
+                Ok(s) => return Ok(SendOutcome::Sent(s)),
+                Err(RingError::NotEnoughSpace { needed, .. }) => {
+                    let needed = u32::try_from(needed).unwrap_or(u32::MAX);
+                    if retried || !self.tx.request_space(needed)? {
+                        return Ok(SendOutcome::Full);
+                    }
+                    retried = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Sends in-band data without asking for a completion.

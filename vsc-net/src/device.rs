@@ -23,9 +23,9 @@ use crate::client::{
 };
 use crate::nvsp::MAX_INBOUND_PACKET_SIZE;
 use hypercall::page::PageRef;
-use vmbus_guest::channel::{Channel, ChannelError};
+use vmbus_guest::channel::{Channel, ChannelError, SendOutcome};
 use vmbus_guest::packet::{encode_gpa_direct_single, PacketFlags, PacketType};
-use vmbus_guest::ring::{OutgoingPacket, RingError, RingMemory, SignalNeeded};
+use vmbus_guest::ring::{OutgoingPacket, RingMemory, SignalNeeded};
 
 const PAGE_SIZE: usize = 4096;
 
@@ -311,7 +311,6 @@ impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, 
         let mut n = 0;
         let mut signal = false;
         let mut ext = [0u8; DIRECT_EXT_LEN];
-        let mut retried = false;
         while let Some(out) = self.client.peek_transmit() {
             let (ty, ext_len) = match out.placement {
                 Placement::Control => {
@@ -346,30 +345,17 @@ impl<'p, 'a, M: RingMemory, S: HostSignal, const W: usize> NetDevice<'p, 'a, M, 
                 extension: &ext[..ext_len],
                 payload: &payload,
             };
-            match self.channel.send_packet(&pkt) {
-                Ok(s) => {
+            match self.channel.send_or_request_space(&pkt)? {
+                SendOutcome::Sent(s) => {
                     signal |= s.needed();
                     self.client.transmitted();
                     self.stats.packets_sent += 1;
                     n += 1;
                 }
-                Err(ChannelError::Ring(RingError::NotEnoughSpace { needed, .. })) => {
+                SendOutcome::Full => {
                     self.stats.ring_full += 1;
-                    let needed = u32::try_from(needed).unwrap_or(u32::MAX);
-                    // Space may have appeared meanwhile: then try again once at once.
-                    if !retried
-                        && self
-                            .channel
-                            .sender()
-                            .request_space(needed)
-                            .map_err(ChannelError::Ring)?
-                    {
-                        retried = true;
-                        continue;
-                    }
                     break;
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         self.signal_if(SignalNeeded(signal))?;

@@ -39,9 +39,9 @@ use crate::scsi::{
 use crate::sense::SenseKey;
 use crate::vstor::MAX_INBOUND_PACKET_SIZE;
 use hypercall::page::PageRef;
-use vmbus_guest::channel::{Channel, ChannelError};
+use vmbus_guest::channel::{Channel, ChannelError, SendOutcome};
 use vmbus_guest::packet::PacketFlags;
-use vmbus_guest::ring::{OutgoingPacket, RingError, RingMemory, SignalNeeded};
+use vmbus_guest::ring::{OutgoingPacket, RingMemory, SignalNeeded};
 use zerocopy::FromBytes;
 
 /// How the glue signals the host (HvSignalEvent on the channel's connection id).
@@ -316,7 +316,6 @@ impl<M: RingMemory, S: HostSignal, const N: usize, const P: usize> StorvscDevice
     pub fn flush(&mut self) -> Result<usize, DeviceError> {
         let mut n = 0;
         let mut signal = false;
-        let mut retried = false;
         while let Some(out) = self.client.peek_transmit() {
             let Some(ext_len) = out.encode_extension(&mut self.ext) else {
                 // Cannot happen: MAX_GPA_EXTENSION covers every page list the client accepts.
@@ -330,30 +329,17 @@ impl<M: RingMemory, S: HostSignal, const N: usize, const P: usize> StorvscDevice
                 extension: &self.ext[..ext_len],
                 payload: &payload,
             };
-            match self.channel.send_packet(&pkt) {
-                Ok(s) => {
+            match self.channel.send_or_request_space(&pkt)? {
+                SendOutcome::Sent(s) => {
                     signal |= s.needed();
                     self.client.transmitted();
                     self.stats.packets_sent += 1;
                     n += 1;
                 }
-                Err(ChannelError::Ring(RingError::NotEnoughSpace { needed, .. })) => {
+                SendOutcome::Full => {
                     self.stats.ring_full += 1;
-                    let needed = u32::try_from(needed).unwrap_or(u32::MAX);
-                    // Space may have appeared meanwhile: then try again once at once.
-                    if !retried
-                        && self
-                            .channel
-                            .sender()
-                            .request_space(needed)
-                            .map_err(ChannelError::Ring)?
-                    {
-                        retried = true;
-                        continue;
-                    }
                     break;
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         self.signal_if(SignalNeeded(signal))?;

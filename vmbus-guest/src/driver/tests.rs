@@ -944,3 +944,48 @@ fn staged_requests_commit_once() {
         Err(ChannelError::TooManyPending)
     );
 }
+
+// A full outbound ring is an outcome: the host is asked for room (pending_send_sz) and the
+// packet goes out once the host has read enough.
+#[test]
+fn send_or_request_space_asks_for_room_when_full() {
+    use crate::channel::SendOutcome;
+    let pages = ring_pages(4);
+    let mut ch: Channel<PageRefRing<'_, '_>> = Channel::new(
+        PageRefRing::new(&pages[..2]).unwrap(),
+        PageRefRing::new(&pages[2..]).unwrap(),
+        0x2001,
+    )
+    .unwrap();
+    let payload = [0x5Au8; 1000];
+    let parts = [&payload[..]];
+    let mut sent = 0u64;
+    let full = loop {
+        let pkt = OutgoingPacket::inband(sent, false, &parts);
+        match ch.send_or_request_space(&pkt).unwrap() {
+            SendOutcome::Sent(_) => sent += 1,
+            SendOutcome::Full => break sent,
+        }
+        assert!(sent < 8, "a 4 KiB ring cannot hold 8 packets of 1000 bytes");
+    };
+    assert!(full >= 2, "{full} packets fit");
+    // The reader sees the request for room (pending_send_sz = the packet's ring size).
+    let pending = crate::ring::RingMemory::load_u32(
+        &PageRefRing::new(&pages[..2]).unwrap(),
+        crate::ring::control::PENDING_SEND_SIZE,
+    );
+    assert!(
+        pending > 1000 && pending < 1100,
+        "pending_send_sz {pending}"
+    );
+    // The host reads one packet: the same packet now goes out.
+    let mut host_rx = RingReceiver::new(PageRefRing::new(&pages[..2]).unwrap()).unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(host_rx.try_read_packet(&mut buf).unwrap().is_some());
+    let _ = host_rx.commit().unwrap();
+    let pkt = OutgoingPacket::inband(full, false, &parts);
+    assert!(matches!(
+        ch.send_or_request_space(&pkt).unwrap(),
+        SendOutcome::Sent(_)
+    ));
+}
