@@ -29,6 +29,22 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+/// `Debug` for an open code type (`struct X(pub u32)` with a `name()`): the
+/// name of a known value, else the number in `$fmt`. One definition for
+/// NVSP's and RNDIS's code types.
+macro_rules! open_enum_debug {
+    ($t:ident, $fmt:literal) => {
+        impl core::fmt::Debug for $t {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                match self.name() {
+                    Some(n) => f.write_str(n),
+                    None => write!(f, $fmt, self.0),
+                }
+            }
+        }
+    };
+}
+
 pub mod client;
 pub mod device;
 pub mod nvsp;

@@ -49,19 +49,6 @@ pub const SEND_TABLE_SIZE: usize = 16;
 /// Where Linux assumes the indirection table starts for NVSP ≤ v6 (a host bug workaround).
 pub const LEGACY_INDIRECTION_TABLE_OFFSET: usize = 40;
 
-macro_rules! open_enum_debug {
-    ($t:ident, $fmt:literal) => {
-        impl core::fmt::Debug for $t {
-            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                match self.name() {
-                    Some(n) => f.write_str(n),
-                    None => write!(f, $fmt, self.0),
-                }
-            }
-        }
-    };
-}
-
 /// An NVSP message type (offset 0): an open set.
 #[derive(
     Clone,

@@ -50,14 +50,7 @@ macro_rules! open_enum {
             }
         }
 
-        impl core::fmt::Debug for $t {
-            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                match self.name() {
-                    Some(n) => f.write_str(n),
-                    None => write!(f, $fmt, self.0),
-                }
-            }
-        }
+        open_enum_debug!($t, $fmt);
     };
 }
 
